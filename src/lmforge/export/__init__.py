@@ -1,0 +1,1 @@
+"""Moving weights between lmforge and other libraries' formats (state-dict adapters)."""

@@ -1,0 +1,168 @@
+"""Sampling text from a trained model: KV cache, temperature, top-k, top-p, stops, streaming.
+
+Written by hand because the sampler is part of what the project teaches and because a lean
+loop over our own KV cache is what makes it fast (no per-step cache objects or logits
+processor chains). The prompt is run once to fill the cache, then each step feeds one token.
+When the cache is full (the model's context is used up) the window slides: the last three
+quarters of the context are run again and decoding goes on from there.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from lmforge.model.gpt import GPT
+from lmforge.tokenizer.tokenizer import Tokenizer
+
+
+@dataclass(kw_only=True)
+class GenerationConfig:
+    max_new_tokens: int = 200
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0  # keep the k most likely tokens; 0 = all
+    top_p: float = 1.0  # keep the smallest set of tokens whose probability reaches p
+    stop: tuple[str, ...] = ()  # generation ends before the first of these strings
+    seed: int | None = None
+    stop_at_eos: bool = True
+    use_cache: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        self.stop = tuple(s for s in self.stop if s)
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    finish_reason: str  # "stop" (EOS or a stop string) or "length"
+
+
+def sample_next(
+    logits: torch.Tensor, cfg: GenerationConfig, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Next token ids (B,) from last-position logits (B, V)."""
+    if cfg.temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / cfg.temperature
+    if cfg.top_k and cfg.top_k < logits.size(-1):
+        kth = torch.topk(logits, cfg.top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if cfg.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)  # (B, V)
+        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        # Drop a token when the tokens before it already reach top_p; the first always stays.
+        drop_sorted = (cum - sorted_logits.softmax(dim=-1)) >= cfg.top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.inference_mode()
+def generate_ids(
+    model: GPT, prompt_ids: list[int], cfg: GenerationConfig, *, eos_id: int | None = None
+) -> Iterator[int]:
+    """Yield new token ids one at a time (batch of one)."""
+    if not prompt_ids:
+        raise ValueError("the prompt must hold at least one token")
+    device = model.tok_emb.weight.device
+    max_len = model.config.max_seq_len
+    generator = None
+    if cfg.seed is not None:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(cfg.seed)
+    context = list(prompt_ids[-max_len:])
+    cache = model.new_cache(1) if cfg.use_cache else None
+    keep = max(1, max_len - max_len // 4)
+    pending = context  # tokens the model has not seen yet
+    for _ in range(cfg.max_new_tokens):
+        if cache is not None:
+            if cache.pos + len(pending) > max_len:
+                cache.pos = 0
+                pending = context[-keep:]
+            logits = model(torch.tensor([pending], device=device), cache)[:, -1]
+        else:
+            logits = model(torch.tensor([context[-max_len:]], device=device))[:, -1]
+        token = int(sample_next(logits, cfg, generator)[0])
+        yield token
+        if cfg.stop_at_eos and token == eos_id:
+            return
+        context.append(token)
+        pending = [token]
+
+
+def _held_back(text: str, stops: tuple[str, ...]) -> int:
+    """How many trailing characters may still turn into the start of a stop string."""
+    hold = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), 0, -1):
+            if text.endswith(stop[:n]):
+                hold = max(hold, n)
+                break
+    return hold
+
+
+def stream_text(
+    model: GPT, tokenizer: Tokenizer, prompt: str, cfg: GenerationConfig
+) -> Iterator[str | Completion]:
+    """Yield text pieces as they become final, then the finished `Completion`.
+
+    A piece is final when no stop string can begin in it. Text is decoded from the tokens'
+    bytes by an incremental UTF-8 decoder, so a character split across tokens comes out
+    whole once its last byte arrives, and what was emitted never changes.
+    """
+    prompt_ids = tokenizer.encode(prompt) if prompt else []
+    if not prompt_ids:
+        prompt_ids = [tokenizer.eos_id]  # documents start after an EOS in training
+    new_ids: list[int] = []
+    utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    id_to_bytes = tokenizer.id_to_bytes
+    emitted = 0
+    text = ""
+    finish = "length"
+    for token in generate_ids(model, prompt_ids, cfg, eos_id=tokenizer.eos_id):
+        if cfg.stop_at_eos and token == tokenizer.eos_id:
+            finish = "stop"
+            break
+        new_ids.append(token)
+        text += utf8.decode(id_to_bytes[token])
+        cut = min(
+            (i for i in (text.find(s, max(0, emitted - len(s))) for s in cfg.stop) if i >= 0),
+            default=-1,
+        )
+        if cut >= 0:
+            text = text[:cut]
+            finish = "stop"
+            break
+        safe = len(text) - _held_back(text, cfg.stop)
+        if safe > emitted:
+            yield text[emitted:safe]
+            emitted = safe
+    if finish == "length":
+        text += utf8.decode(b"", final=True)
+    if len(text) > emitted:
+        yield text[emitted:]
+    yield Completion(
+        text=text, token_ids=new_ids, prompt_tokens=len(prompt_ids), finish_reason=finish
+    )
+
+
+def complete(model: GPT, tokenizer: Tokenizer, prompt: str, cfg: GenerationConfig) -> Completion:
+    """Generate to the end and return the whole completion."""
+    for item in stream_text(model, tokenizer, prompt, cfg):
+        if isinstance(item, Completion):
+            return item
+    raise AssertionError("stream_text always ends with a Completion")

@@ -1,0 +1,1 @@
+"""Serving a trained run over HTTP: `/generate` and an OpenAI-compatible `/v1` API."""

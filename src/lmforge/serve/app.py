@@ -1,0 +1,375 @@
+"""An HTTP server for a trained run: `/generate` and an OpenAI-compatible `/v1` API.
+
+`/v1/completions` and `/v1/models` follow OpenAI's legacy completions API closely enough that
+the official `openai` client (and tools built on it) can talk to a run:
+``openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="x")``. Errors come back in
+OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``, and a bad request is
+always a 4xx, never a 500.
+
+One model is loaded per server. Generation is CPU/GPU bound, so it runs in the threadpool to
+keep the event loop answering, and an asyncio lock lets one request generate at a time:
+two generations side by side would only fight for the same cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from lmforge.infer.generate import Completion, GenerationConfig, complete, stream_text
+from lmforge.infer.load import LoadedRun, load_run
+from lmforge.train.trainer import resolve_device
+
+log = logging.getLogger(__name__)
+
+OPENAI_DEFAULT_MAX_TOKENS = 16  # what OpenAI's completions API uses when max_tokens is not given
+GENERATE_DEFAULT_MAX_TOKENS = 200
+
+
+@dataclass(kw_only=True)
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_prompt_tokens: int = 0  # longest prompt accepted; 0 = the model's context length
+    max_tokens_limit: int = 1024  # largest max_tokens (max_new_tokens) a request may ask for
+    model_name: str = "lmforge"  # the model id in /v1/models and in responses
+    checkpoint: str = "best"  # 'best', 'last' or a folder name like step-0001000
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        if self.max_prompt_tokens < 0:
+            raise ValueError(
+                f"max_prompt_tokens must be >= 0 (0 = the model's context), "
+                f"got {self.max_prompt_tokens}"
+            )
+        if self.max_tokens_limit < 1:
+            raise ValueError(f"max_tokens_limit must be >= 1, got {self.max_tokens_limit}")
+        if not self.model_name:
+            raise ValueError("model_name must not be empty; pass the id clients should use")
+
+
+class APIError(Exception):
+    """An error answered in OpenAI's shape."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        type_: str = "invalid_request_error",
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.type = type_
+
+    def response(self) -> JSONResponse:
+        body = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
+        return JSONResponse({"error": body}, status_code=self.status)
+
+
+# ---------------------------------------------------------------- request bodies
+# Optional fields accept null as "not given", as OpenAI's API does; unknown fields are ignored
+# so that clients sending e.g. `user` still work.
+
+
+class SamplingFields(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0)
+    seed: int | None = None
+
+
+class CompletionRequest(SamplingFields):
+    model: str | None = None  # None: the served model
+    prompt: str | list[str]
+    max_tokens: int | None = Field(default=None, ge=0)
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    n: int | None = Field(default=None, ge=1)
+    echo: bool = False
+    logprobs: int | None = None
+    best_of: int | None = None
+    suffix: str | None = None
+
+
+class GenerateRequest(SamplingFields):
+    text: str
+    max_new_tokens: int | None = Field(default=None, ge=0)
+    stop: list[str] | None = None
+
+
+# ---------------------------------------------------------------- the app
+
+
+def _stops(stop: str | list[str] | None) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    return (stop,) if isinstance(stop, str) else tuple(stop)
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def _validation_error(exc: RequestValidationError) -> APIError:
+    """One readable message for pydantic's errors, naming the first bad field."""
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    loc = [part for part in first.get("loc", ()) if part != "body"]
+    if first.get("type") == "json_invalid":
+        detail = first.get("ctx", {}).get("error", "")
+        return APIError(400, f"the request body is not valid JSON: {detail}", code="json_invalid")
+    if not loc or not isinstance(loc[0], str):
+        return APIError(
+            400, "the request body must be a JSON object sent as Content-Type: application/json"
+        )
+    seen: dict[str, str] = {}
+    for err in errors:
+        field = [p for p in err.get("loc", ()) if p != "body"]
+        if field and isinstance(field[0], str):
+            seen.setdefault(field[0], err.get("msg", "invalid"))
+    message = "; ".join(f"{name}: {msg}" for name, msg in seen.items())
+    return APIError(400, f"invalid request: {message}", param=loc[0])
+
+
+def build_app(run_dir: str | Path, cfg: ServeConfig) -> FastAPI:
+    """A FastAPI app serving checkpoint `cfg.checkpoint` of the run in `run_dir`."""
+    device = resolve_device(cfg.device)
+    run: LoadedRun = load_run(run_dir, which=cfg.checkpoint, device=device)
+    model, tokenizer = run.model, run.tokenizer
+    context = model.config.max_seq_len
+    max_prompt = cfg.max_prompt_tokens or context
+    created = int(run.checkpoint.stat().st_mtime)
+    # Created here; asyncio binds it to the running loop on first contended use.
+    lock = asyncio.Lock()
+    log.info(
+        "serving %s (%s) as %r on %s; prompts up to %d tokens, max_tokens up to %d",
+        run_dir,
+        run.checkpoint.name,
+        cfg.model_name,
+        device,
+        max_prompt,
+        cfg.max_tokens_limit,
+    )
+
+    app = FastAPI(title="lmforge", summary=f"serving {cfg.model_name}")
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _validation_error(exc).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        if exc.status_code == 404:
+            message = f"no route {request.method} {request.url.path}"
+        return APIError(exc.status_code, message).response()
+
+    def check_model(name: str | None) -> None:
+        if name is not None and name != cfg.model_name:
+            raise APIError(
+                404,
+                f"The model `{name}` does not exist; this server serves `{cfg.model_name}`",
+                param="model",
+                code="model_not_found",
+            )
+
+    def generation_config(
+        body: SamplingFields, max_tokens: int, stop: tuple[str, ...], param: str
+    ) -> GenerationConfig:
+        if max_tokens > cfg.max_tokens_limit:
+            raise APIError(
+                400,
+                f"{param} is {max_tokens}, more than this server's limit of "
+                f"{cfg.max_tokens_limit}; ask for at most {cfg.max_tokens_limit}",
+                param=param,
+            )
+        try:
+            return GenerationConfig(
+                max_new_tokens=max_tokens,
+                temperature=1.0 if body.temperature is None else body.temperature,
+                top_k=body.top_k or 0,
+                top_p=1.0 if body.top_p is None else body.top_p,
+                stop=stop,
+                seed=body.seed,
+            )
+        except ValueError as e:
+            raise APIError(400, str(e)) from e
+
+    async def check_prompt(prompt: str, param: str) -> None:
+        # Encoding a huge prompt takes a while; keep it off the event loop.
+        n = len(await run_in_threadpool(tokenizer.encode, prompt))
+        if n > max_prompt:
+            raise APIError(
+                400,
+                f"the prompt is {n} tokens, more than this server's limit of {max_prompt} "
+                "tokens; shorten it",
+                param=param,
+                code="context_length_exceeded",
+            )
+
+    async def generate(prompt: str, gen: GenerationConfig) -> Completion:
+        async with lock:
+            return await run_in_threadpool(complete, model, tokenizer, prompt, gen)
+
+    # ------------------------------------------------------------ routes
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "model": cfg.model_name,
+            "checkpoint": run.checkpoint.name,
+            "device": str(device),
+            "max_seq_len": context,
+        }
+
+    def model_card() -> dict[str, Any]:
+        return {"id": cfg.model_name, "object": "model", "created": created, "owned_by": "lmforge"}
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{name}")
+    async def get_model(name: str) -> dict[str, Any]:
+        check_model(name)
+        return model_card()
+
+    @app.post("/generate")
+    async def generate_text(body: GenerateRequest) -> dict[str, Any]:
+        limit = min(GENERATE_DEFAULT_MAX_TOKENS, cfg.max_tokens_limit)
+        max_new = limit if body.max_new_tokens is None else body.max_new_tokens
+        gen = generation_config(body, max_new, _stops(body.stop), "max_new_tokens")
+        await check_prompt(body.text, "text")
+        done = await generate(body.text, gen)
+        return {
+            "text": body.text,
+            "completion": done.text,
+            "finish_reason": done.finish_reason,
+            "usage": _usage(done.prompt_tokens, len(done.token_ids)),
+        }
+
+    @app.post("/v1/completions", response_model=None)
+    async def completions(body: CompletionRequest) -> dict[str, Any] | StreamingResponse:
+        check_model(body.model)
+        if body.n not in (None, 1):
+            raise APIError(400, f"n is {body.n}; only n=1 is supported", param="n")
+        if body.best_of not in (None, 1):
+            raise APIError(400, "best_of is not supported", param="best_of")
+        if body.logprobs:
+            raise APIError(400, "logprobs are not supported", param="logprobs")
+        if body.suffix:
+            raise APIError(400, "suffix is not supported", param="suffix")
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if not prompts:
+            raise APIError(400, "prompt must not be an empty list", param="prompt")
+        max_tokens = OPENAI_DEFAULT_MAX_TOKENS if body.max_tokens is None else body.max_tokens
+        gen = generation_config(body, max_tokens, _stops(body.stop), "max_tokens")
+        for prompt in prompts:
+            await check_prompt(prompt, "prompt")
+
+        completion_id = f"cmpl-{uuid.uuid4().hex}"
+        now = int(time.time())
+
+        def envelope(choices: list[dict[str, Any]]) -> dict[str, Any]:
+            return {
+                "id": completion_id,
+                "object": "text_completion",
+                "created": now,
+                "model": cfg.model_name,
+                "choices": choices,
+            }
+
+        def choice(index: int, text: str, finish_reason: str | None) -> dict[str, Any]:
+            return {"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}
+
+        if not body.stream:
+            # Several prompts are answered one after another, each as its own choice.
+            choices, prompt_tokens, completion_tokens = [], 0, 0
+            for i, prompt in enumerate(prompts):
+                done = await generate(prompt, gen)
+                text = prompt + done.text if body.echo else done.text
+                choices.append(choice(i, text, done.finish_reason))
+                prompt_tokens += done.prompt_tokens
+                completion_tokens += len(done.token_ids)
+            return {**envelope(choices), "usage": _usage(prompt_tokens, completion_tokens)}
+
+        include_usage = bool((body.stream_options or {}).get("include_usage"))
+
+        def sse(obj: dict[str, Any]) -> str:
+            return f"data: {json.dumps(obj)}\n\n"
+
+        async def events() -> AsyncIterator[str]:
+            prompt_tokens, completion_tokens = 0, 0
+            # Held for the whole stream; released if the client goes away (the task is cancelled).
+            async with lock:
+                for i, prompt in enumerate(prompts):
+                    if body.echo and prompt:
+                        yield sse(envelope([choice(i, prompt, None)]))
+                    pieces = stream_text(model, tokenizer, prompt, gen)
+                    while True:
+                        item = await run_in_threadpool(_next_or_none, pieces)
+                        if isinstance(item, Completion):
+                            yield sse(envelope([choice(i, "", item.finish_reason)]))
+                            prompt_tokens += item.prompt_tokens
+                            completion_tokens += len(item.token_ids)
+                            break
+                        if item is None:
+                            raise RuntimeError("stream_text ended without a Completion")
+                        yield sse(envelope([choice(i, item, None)]))
+            if include_usage:
+                yield sse({**envelope([]), "usage": _usage(prompt_tokens, completion_tokens)})
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(
+            events(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    return app
+
+
+def _next_or_none(it: Iterator[str | Completion]) -> str | Completion | None:
+    # StopIteration cannot cross a threadpool boundary into a coroutine, so map it to None.
+    return next(it, None)
+
+
+def serve(run_dir: str | Path, cfg: ServeConfig) -> None:
+    """Load the run and answer HTTP requests on cfg.host:cfg.port until interrupted."""
+    import uvicorn
+
+    uvicorn.run(build_app(run_dir, cfg), host=cfg.host, port=cfg.port)

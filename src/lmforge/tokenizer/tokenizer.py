@@ -1,0 +1,403 @@
+"""Training, saving and loading lmforge vocabularies.
+
+Every kind of vocabulary is a Hugging Face `tokenizers.Tokenizer`, composed as
+normalizer -> pre-tokenizer -> model -> decoder and saved as one `tokenizer.json`, so the same
+file serves lmforge, `tokenizers` and `transformers.PreTrainedTokenizerFast`:
+
+| kind   | model                                        | pre-tokenizer           | decoder       |
+|--------|----------------------------------------------|-------------------------|---------------|
+| `bpe`  | byte-level BPE (GPT-2 style), trained        | ByteLevel + GPT-2 regex | ByteLevel     |
+| `char` | BPE, no merges: seen chars + `<0xNN>` bytes  | none                    | ByteFallback  |
+| `byte` | BPE, no merges: the 256 bytes                | ByteLevel, no regex     | ByteLevel     |
+
+No kind has a normalizer, so `decode(encode(s)) == s` for every string. Each kind has the special
+tokens `<|bos|>`, `<|eos|>`, `<|pad|>` (ids 0, 1, 2). `Tokenizer.encode` treats text that happens
+to spell a special token as ordinary text, so data can never inject an EOS; callers add special
+ids explicitly (`tok.eos_id`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tokenizers
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from lmforge import __version__
+
+logger = logging.getLogger(__name__)
+
+BOS = "<|bos|>"
+EOS = "<|eos|>"
+PAD = "<|pad|>"
+SPECIAL_TOKENS = (BOS, EOS, PAD)
+KINDS = ("bpe", "char", "byte")
+
+TOKENIZER_FILE = "tokenizer.json"
+META_FILE = "tokenizer_meta.json"
+SPLITS = ("train", "val", "test")
+
+# The smallest byte-level BPE vocabulary: the 256-symbol byte alphabet plus the specials.
+_MIN_BPE_VOCAB = 256 + len(SPECIAL_TOKENS)
+
+
+@dataclass(kw_only=True)
+class TokenizerConfig:
+    """How to build a vocabulary.
+
+    `vocab_size` and `min_frequency` only apply to `bpe`; a `char` vocabulary is sized by the
+    characters in the training text (+256 byte-fallback tokens +3 specials) and `byte` is always
+    256 + 3.
+    """
+
+    kind: str = "bpe"
+    vocab_size: int = 4096
+    min_frequency: int = 2
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(
+                f"TokenizerConfig.kind={self.kind!r} is not a known kind; "
+                f"expected one of {', '.join(KINDS)}"
+            )
+        if self.kind == "bpe" and self.vocab_size < _MIN_BPE_VOCAB:
+            raise ValueError(
+                f"TokenizerConfig.vocab_size={self.vocab_size} is too small for a byte-level BPE: "
+                f"it needs at least {_MIN_BPE_VOCAB} (256 bytes + {len(SPECIAL_TOKENS)} special "
+                f"tokens); raise vocab_size or use kind='byte'"
+            )
+        if self.min_frequency < 1:
+            raise ValueError(
+                f"TokenizerConfig.min_frequency={self.min_frequency} must be >= 1 "
+                f"(the number of times a pair must occur to be merged)"
+            )
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from each byte to a printable character (what ByteLevel uses)."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    chars = printable[:]
+    n = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(printable, chars, strict=True)}
+
+
+class Tokenizer:
+    """A thin wrapper over `tokenizers.Tokenizer` with lmforge's conventions.
+
+    `encode` never adds BOS/EOS and never turns text into special ids; `decode` renders special
+    ids as their text, so round trips are exact.
+    """
+
+    def __init__(self, hf: tokenizers.Tokenizer, kind: str) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"unknown tokenizer kind {kind!r}; expected one of {KINDS}")
+        self._hf = hf
+        # Not serialised in tokenizer.json, so it is set on every construction: literal
+        # "<|eos|>" in the data is ordinary text, never the EOS id.
+        self._hf.encode_special_tokens = True
+        self._kind = kind
+        missing = [t for t in SPECIAL_TOKENS if hf.token_to_id(t) is None]
+        if missing:
+            raise ValueError(f"tokenizer lacks the special tokens {missing}; retrain it")
+        self._token_bytes: np.ndarray | None = None
+        self._id_to_bytes: list[bytes] | None = None
+
+    @property
+    def hf(self) -> tokenizers.Tokenizer:
+        return self._hf
+
+    @property
+    def kind(self) -> str:
+        return self._kind
+
+    @property
+    def vocab_size(self) -> int:
+        return self._hf.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def bos_id(self) -> int:
+        return self._hf.token_to_id(BOS)
+
+    @property
+    def eos_id(self) -> int:
+        return self._hf.token_to_id(EOS)
+
+    @property
+    def pad_id(self) -> int:
+        return self._hf.token_to_id(PAD)
+
+    def encode(self, text: str) -> list[int]:
+        return self._hf.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self._hf.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._hf.decode(list(ids), skip_special_tokens=False)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._hf.token_to_id(token)
+
+    def id_to_token(self, id_: int) -> str | None:
+        return self._hf.id_to_token(id_)
+
+    @property
+    def id_to_bytes(self) -> list[bytes]:
+        """The raw bytes each id stands for (special tokens: their text).
+
+        Concatenating these and decoding as UTF-8 gives `decode`'s text; a streaming decoder
+        uses it to emit characters as soon as their last byte arrives, which decoding ids
+        again (where a run of byte tokens is judged as a whole) cannot do stably.
+        """
+        if self._id_to_bytes is None:
+            table = [b""] * self.vocab_size
+            specials = {self._hf.token_to_id(t) for t in SPECIAL_TOKENS}
+            byte_of = {c: b for b, c in _bytes_to_unicode().items()}
+            for token, i in self._hf.get_vocab(with_added_tokens=True).items():
+                if i in specials:
+                    table[i] = token.encode("utf-8")
+                elif self._kind == "char":
+                    is_fallback = len(token) == 6 and token.startswith("<0x") and token[-1] == ">"
+                    table[i] = bytes([int(token[3:5], 16)]) if is_fallback else token.encode()
+                else:
+                    # Byte-level tokens spell one printable character per byte.
+                    table[i] = bytes(byte_of[c] for c in token)
+            self._id_to_bytes = table
+        return self._id_to_bytes
+
+    @property
+    def token_bytes(self) -> np.ndarray:
+        """int32 array: how many UTF-8 bytes of text each id stands for (specials count 0).
+
+        Summing it over a sequence's ids gives the text's byte length, which is what
+        bits-per-byte (a tokenizer-independent loss) divides by.
+        """
+        if self._token_bytes is None:
+            out = np.array([len(b) for b in self.id_to_bytes], dtype=np.int32)
+            for t in SPECIAL_TOKENS:
+                out[self._hf.token_to_id(t)] = 0
+            self._token_bytes = out
+        return self._token_bytes
+
+    def to_json(self) -> str:
+        return self._hf.to_str()
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the tokenizer.json text: token data records it to detect a vocabulary swap."""
+        return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "kind": self._kind,
+            "vocab_size": self.vocab_size,
+            "bos_id": self.bos_id,
+            "eos_id": self.eos_id,
+            "pad_id": self.pad_id,
+            "special_tokens": {t: self._hf.token_to_id(t) for t in SPECIAL_TOKENS},
+            "fingerprint": self.fingerprint,
+            "lmforge_version": __version__,
+        }
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write `tokenizer.json` and `tokenizer_meta.json` into `directory`, each atomically."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(directory / TOKENIZER_FILE, self.to_json())
+        atomic_write_text(directory / META_FILE, json.dumps(self.meta(), indent=2) + "\n")
+        logger.info("saved %s tokenizer (%d tokens) to %s", self._kind, self.vocab_size, directory)
+        return directory
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(kind={self._kind!r}, vocab_size={self.vocab_size})"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary sibling then rename, so readers never see a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _build_bpe(texts: Iterable[str], cfg: TokenizerConfig, progress: bool, length: int | None):
+    hf = tokenizers.Tokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    hf.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=cfg.vocab_size,
+        min_frequency=cfg.min_frequency,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=progress,
+    )
+    hf.train_from_iterator(texts, trainer=trainer, length=length)
+    if hf.get_vocab_size() < cfg.vocab_size:
+        logger.warning(
+            "bpe vocabulary has %d tokens, fewer than vocab_size=%d: the training text is too "
+            "small or min_frequency=%d too high to find more merges",
+            hf.get_vocab_size(),
+            cfg.vocab_size,
+            cfg.min_frequency,
+        )
+    return hf
+
+
+def _build_char(texts: Iterable[str], progress: bool, length: int | None):
+    chars: set[str] = set()
+    if progress:
+        from tqdm.auto import tqdm
+
+        texts = tqdm(texts, total=length, desc="collecting characters", unit="text")
+    for text in texts:
+        chars.update(text)
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+    for b in range(256):
+        vocab[f"<0x{b:02X}>"] = len(vocab)
+    for c in sorted(chars):
+        vocab[c] = len(vocab)
+    # No merges and no pre-tokenizer: each character is looked up alone, unseen ones fall back
+    # to their UTF-8 bytes, so any string round-trips.
+    hf = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=[], byte_fallback=True))
+    hf.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
+    return hf
+
+
+def _build_byte():
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+    # Ids follow byte values: byte b is id b + 3.
+    for _, ch in sorted(_bytes_to_unicode().items()):
+        vocab[ch] = len(vocab)
+    hf = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    hf.decoder = decoders.ByteLevel()
+    return hf
+
+
+def train_tokenizer(
+    texts: Iterable[str],
+    cfg: TokenizerConfig,
+    *,
+    progress: bool = False,
+    length: int | None = None,
+) -> Tokenizer:
+    """Build a vocabulary of `cfg.kind` from a stream of texts (`length`: optional count hint).
+
+    `byte` needs no data and does not consume `texts`.
+    """
+    if cfg.kind == "bpe":
+        hf = _build_bpe(texts, cfg, progress, length)
+    elif cfg.kind == "char":
+        hf = _build_char(texts, progress, length)
+    else:
+        hf = _build_byte()
+    # Specials are (re-)registered as added tokens so they decode as text and HF loaders see them.
+    hf.add_special_tokens(list(SPECIAL_TOKENS))
+    tok = Tokenizer(hf, cfg.kind)
+    logger.info("trained %r", tok)
+    return tok
+
+
+def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
+    """Load a tokenizer saved by `Tokenizer.save`."""
+    directory = Path(directory)
+    hint = "run `lmforge tokenizer train` first"
+    if not directory.is_dir():
+        raise FileNotFoundError(f"tokenizer directory {directory} does not exist; {hint}")
+    paths = {name: directory / name for name in (TOKENIZER_FILE, META_FILE)}
+    for path in paths.values():
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing; {hint}")
+    try:
+        meta = json.loads(paths[META_FILE].read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{paths[META_FILE]} is not valid JSON ({e}); {hint} again") from e
+    text = paths[TOKENIZER_FILE].read_text(encoding="utf-8")
+    try:
+        json.loads(text)
+        hf = tokenizers.Tokenizer.from_str(text)
+    except Exception as e:  # tokenizers raises a bare Exception on malformed files
+        raise ValueError(
+            f"{paths[TOKENIZER_FILE]} is not a valid tokenizer.json ({e}); {hint} again"
+        ) from e
+    kind = meta.get("kind") if isinstance(meta, dict) else None
+    if kind not in KINDS:
+        raise ValueError(f"{paths[META_FILE]} has kind={kind!r}; expected one of {KINDS}")
+    tok = Tokenizer(hf, kind)
+    if meta.get("fingerprint") != tok.fingerprint:
+        logger.warning(
+            "%s was changed after it was saved (fingerprint %s, meta says %s); token data "
+            "encoded with the old file will not match",
+            paths[TOKENIZER_FILE],
+            tok.fingerprint[:12],
+            str(meta.get("fingerprint"))[:12],
+        )
+    return tok
+
+
+def split_shards(data_dir: str | os.PathLike, split: str) -> list[Path]:
+    """The JSONL shards `{split}-*.jsonl` of a prepared data dir, in order."""
+    return sorted(Path(data_dir).glob(f"{split}-*.jsonl"))
+
+
+def read_records(path: Path) -> Iterator[tuple[str, bool, int]]:
+    """Yield `(text, ends_document, line_bytes)` for each record of a prepared JSONL shard.
+
+    A record with `"last": false` is a non-final part of a document that continues in the next.
+    """
+    with open(path, "rb") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                text = record["text"]
+                if not isinstance(text, str):
+                    raise TypeError(f"'text' is {type(text).__name__}, expected str")
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(
+                    f"{path}:{lineno}: bad record ({e!r}); expected a JSON object with a "
+                    f"string 'text', as written by `lmforge data prepare`"
+                ) from e
+            yield text, record.get("last", True) is not False, len(line)
+
+
+def train_tokenizer_from_data(
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    cfg: TokenizerConfig,
+    *,
+    progress: bool = False,
+) -> Tokenizer:
+    """Train on the texts of a prepared data dir's train split and save into `out_dir`."""
+    shards = split_shards(data_dir, "train")
+    if not shards:
+        raise FileNotFoundError(
+            f"no train split in data dir {data_dir} (expected train-*.jsonl files); "
+            f"run `lmforge data prepare` first"
+        )
+
+    def texts() -> Iterator[str]:
+        for shard in shards:
+            for text, _, _ in read_records(shard):
+                yield text
+
+    tok = train_tokenizer(texts(), cfg, progress=progress)
+    tok.save(out_dir)
+    return tok

@@ -1,0 +1,209 @@
+"""Checkpoints: safetensors weights, JSON config, and everything `--resume` needs.
+
+A run directory holds `checkpoints/step-NNNNNNN/` folders, each complete in itself:
+
+    model.safetensors        the weights (tied LM head stored once, as tok_emb.weight)
+    config.json              the resolved run config (model shape, tokenizer, training)
+    train_state.safetensors  optimizer tensors and the torch RNG state
+    train_state.json         step, tokens seen, best val loss, optimizer hyperparameters
+
+and `checkpoints/index.json` naming the `last` and `best` ones. A folder is written under a
+temporary name and renamed into place, then the index is replaced atomically: a crash at any
+moment leaves the previous checkpoint intact. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, truncated, or does not fit the model."""
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict to save: tensors shared between names (tied weights) appear once."""
+    seen: set[int] = set()
+    out = {}
+    for name, tensor in model.state_dict().items():
+        key = tensor.data_ptr()
+        if key in seen:
+            continue
+        seen.add(key)
+        out[name] = tensor.detach().contiguous().cpu()
+    return out
+
+
+def load_model_weights(model: nn.Module, path: str | Path) -> None:
+    """Load safetensors weights into `model`, explaining any mismatch."""
+    path = Path(path)
+    try:
+        state = load_file(str(path))
+    except FileNotFoundError:
+        raise CheckpointError(f"no weights file at {path}") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"{path} is truncated or corrupt ({e}); use another checkpoint (checkpoints/index.json "
+            "lists them) or retrain"
+        ) from None
+    expected = model_state(model)
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in sorted(set(state) & set(expected))
+        if state[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            parts.append("shape mismatch: " + "; ".join(wrong[:5]))
+        if missing:
+            parts.append(f"missing keys: {missing[:5]}")
+        if unexpected:
+            parts.append(f"unexpected keys: {unexpected[:5]}")
+        raise CheckpointError(
+            f"{path} does not fit this model ({', '.join(parts)}); build the model from the "
+            "config.json saved beside the weights"
+        )
+    model.load_state_dict(state, strict=False)
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer state dict into named tensors and a JSON-able remainder."""
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, state in sd["state"].items():
+        for name, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{idx}.{name}"] = value.detach().contiguous().cpu()
+            else:
+                scalars.setdefault(str(idx), {})[name] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+    for idx, values in meta.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(values)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    *,
+    step: int,
+    model: nn.Module,
+    config: dict[str, Any],
+    optimizer: torch.optim.Optimizer | None = None,
+    train_state: dict[str, Any] | None = None,
+    is_best: bool = False,
+    keep: int = 1,
+) -> Path:
+    """Write checkpoint `step-NNNNNNN`, point `last` (and `best` if asked) at it, prune old ones."""
+    ckpt_root = Path(run_dir) / "checkpoints"
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{step:07d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=ckpt_root))
+    save_file(model_state(model), str(tmp / "model.safetensors"))
+    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    if optimizer is not None:
+        tensors, meta = _optimizer_tensors(optimizer)
+        tensors["rng.torch"] = torch.get_rng_state()
+        save_file(tensors, str(tmp / "train_state.safetensors"))
+        state = dict(train_state or {}, step=step, optimizer=meta)
+        (tmp / "train_state.json").write_text(json.dumps(state, indent=2) + "\n", "utf-8")
+    final = ckpt_root / name
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+    index = read_index(run_dir, missing_ok=True)
+    index["last"] = name
+    if is_best or "best" not in index:
+        index["best"] = name
+    history = [n for n in index.get("history", []) if n != name] + [name]
+    keep_names = set(history[-max(1, keep) :]) | {index["best"], index["last"]}
+    index["history"] = [n for n in history if n in keep_names]
+    write_json_atomic(ckpt_root / "index.json", index)
+    for old in set(history) - keep_names:
+        shutil.rmtree(ckpt_root / old, ignore_errors=True)
+    return final
+
+
+def read_index(run_dir: str | Path, *, missing_ok: bool = False) -> dict[str, Any]:
+    path = Path(run_dir) / "checkpoints" / "index.json"
+    if not path.exists():
+        if missing_ok:
+            return {}
+        raise CheckpointError(
+            f"{run_dir} has no checkpoints (no {path}); train first with "
+            f"`lmforge train --recipe R.toml --out {run_dir}`"
+        )
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is corrupt ({e})") from None
+
+
+def checkpoint_dir(run_dir: str | Path, which: str = "best") -> Path:
+    """The folder of checkpoint `which`: 'best', 'last', or a folder name like step-0000100."""
+    index = read_index(run_dir)
+    name = index.get(which, which)
+    path = Path(run_dir) / "checkpoints" / name
+    if not path.is_dir():
+        raise CheckpointError(
+            f"checkpoint {which!r} of {run_dir} not found at {path}; available: "
+            f"{sorted(p.name for p in path.parent.glob('step-*'))}"
+        )
+    return path
+
+
+def read_config(ckpt_dir: Path) -> dict[str, Any]:
+    path = ckpt_dir / "config.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{ckpt_dir} has no config.json") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is corrupt ({e})") from None
+
+
+def load_train_state(ckpt_dir: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore optimizer and RNG from a checkpoint folder; return its train_state.json."""
+    json_path = ckpt_dir / "train_state.json"
+    tensor_path = ckpt_dir / "train_state.safetensors"
+    if not json_path.exists() or not tensor_path.exists():
+        raise CheckpointError(f"{ckpt_dir} holds weights only, no optimizer state to resume from")
+    try:
+        tensors = load_file(str(tensor_path))
+        state = json.loads(json_path.read_text(encoding="utf-8"))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{ckpt_dir} training state is truncated or corrupt ({e})") from None
+    _load_optimizer(optimizer, tensors, state["optimizer"])
+    torch.set_rng_state(tensors["rng.torch"])
+    return state

@@ -1,0 +1,454 @@
+"""The training loop: one function from a run config to a trained, checkpointed model.
+
+Written by hand because it is the heart of the project and small enough to read at once:
+gradient accumulation, clipping, the LR schedule, mixed precision picked by the hardware,
+optional `torch.compile`, periodic evaluation on the validation split, best/last checkpoints,
+exact resume, metrics to JSONL and TensorBoard, and a loss-curve PNG at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from lmforge.config import ConfigError, apply_overrides, from_dict, load_toml, to_dict
+from lmforge.data.loader import TokenWindows
+from lmforge.model.gpt import GPT, GPTConfig
+from lmforge.tokenizer.encode import read_token_meta
+from lmforge.tokenizer.tokenizer import load_tokenizer
+from lmforge.train import checkpoint as ckpt
+from lmforge.train.optim import OptimConfig, build_optimizer
+from lmforge.train.schedule import ScheduleConfig, lr_at
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    # Token shards written by `lmforge tokenizer encode`. A relative path is looked up in the
+    # run directory first, then in the current directory.
+    tokens: str = "tokens"
+    train_split: str = "train"
+    val_split: str = "val"
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    max_steps: int = 2000
+    batch_size: int = 32  # sequences per micro-batch
+    grad_accum_steps: int = 1  # micro-batches per optimizer step
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+    eval_interval: int = 250  # steps between val-loss evaluations (and at the end)
+    eval_tokens: int = 0  # val tokens per periodic evaluation; 0 = the whole split
+    eval_batch_size: int = 64
+    log_interval: int = 10
+    checkpoint_interval: int = 0  # steps between checkpoints; 0 = at evaluations only
+    keep_checkpoints: int = 1  # how many recent step checkpoints to keep besides the best
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    compile: bool = False
+    device: str = "auto"  # auto, cpu, cuda, cuda:1, mps
+    seed: int = 1337
+    peak_flops: float = 0.0  # for MFU; 0 = known GPU peak, or a measured fp32 matmul on CPU
+    threads: int = 0  # torch intra-op threads on CPU; 0 = PyTorch's default
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "grad_accum_steps", "eval_interval"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"train.{name} must be positive, got {getattr(self, name)}")
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: GPTConfig = field(default_factory=GPTConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def load_run_config(
+    recipe: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> RunConfig:
+    """A RunConfig from a TOML recipe (or the defaults) with `section.field` overrides."""
+    data = load_toml(recipe) if recipe else {}
+    data = apply_overrides(data, overrides or {})
+    where = str(recipe) if recipe else "defaults"
+    try:
+        return from_dict(RunConfig, data)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype. 'auto' is bf16 only on a GPU that runs it fast, else fp32.
+
+    On CPUs without AMX, bf16 matmuls are many times slower than fp32, so auto never
+    picks them there.
+    """
+    if precision == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+_GPU_PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
+_cpu_peak_cache: dict[int, float] = {}
+
+
+def peak_flops(device: torch.device) -> float:
+    """The device's peak for MFU: a table for GPUs, a measured fp32 matmul rate on CPU."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, value in _GPU_PEAK_BF16.items():
+            if key in name:
+                return value
+        return 0.0
+    threads = torch.get_num_threads()
+    if threads not in _cpu_peak_cache:
+        a = torch.randn(1024, 1024)
+        b = torch.randn(1024, 1024)
+        a @ b  # warm up
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < 0.3:
+            a @ b
+            n += 1
+        _cpu_peak_cache[threads] = 2 * 1024**3 * n / (time.perf_counter() - t0)
+    return _cpu_peak_cache[threads]
+
+
+def resolve_tokens_dir(tokens: str, run_dir: Path) -> Path:
+    path = Path(tokens)
+    if not path.is_absolute() and (run_dir / path).exists():
+        return run_dir / path
+    return path
+
+
+@torch.no_grad()
+def evaluate_loss(
+    model: torch.nn.Module,
+    windows: TokenWindows,
+    *,
+    device: torch.device,
+    batch_size: int = 64,
+    max_tokens: int | None = None,
+    autocast: Any = None,
+    token_bytes: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """Mean loss over every target token of a split (or its first `max_tokens`).
+
+    With `token_bytes` (UTF-8 bytes per token id) it also gives bits per byte: the summed loss
+    of tokens that stand for text, in bits, over the bytes they stand for. Special tokens (0
+    bytes) are left out of that ratio, which makes it comparable across tokenizers.
+    """
+    was_training = model.training
+    model.eval()
+    total_loss, total_tokens, text_loss, text_bytes = 0.0, 0, 0.0, 0
+    for x, y in windows.sequential(batch_size, max_tokens=max_tokens):
+        x, y = x.to(device), y.to(device)
+        with autocast or nullcontext():
+            logits = model(x)
+        losses = F.cross_entropy(
+            logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none"
+        )
+        total_loss += losses.sum().item()
+        total_tokens += y.numel()
+        if token_bytes is not None:
+            nbytes = token_bytes[y.reshape(-1)]
+            text_loss += losses[nbytes > 0].sum().item()
+            text_bytes += int(nbytes.sum().item())
+    model.train(was_training)
+    loss = total_loss / max(1, total_tokens)
+    out = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": total_tokens}
+    if token_bytes is not None and text_bytes:
+        out["bits_per_byte"] = text_loss / math.log(2) / text_bytes
+        out["bytes"] = text_bytes
+    return out
+
+
+class MetricsLog:
+    """Metrics to `metrics.jsonl` and TensorBoard (`tb/`) in the run directory."""
+
+    def __init__(self, run_dir: Path, *, resume_step: int | None) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        if resume_step is None:
+            self.path.write_text("", encoding="utf-8")
+        elif self.path.exists():
+            # Drop what a crashed run logged after its last checkpoint: the resumed run
+            # logs those steps again.
+            kept = [
+                line
+                for line in self.path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line)["step"] <= resume_step
+            ]
+            self.path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+        self._tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(run_dir / "tb"))
+        except ImportError:  # tensorboard is a dependency, but a trimmed install still trains
+            log.warning("tensorboard is not installed; metrics go to metrics.jsonl only")
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self._tb.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def plot_losses(metrics_path: Path, out_path: Path) -> None:
+    """Train and val loss against step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train, val = [], []
+    for line in metrics_path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        if "loss" in record:
+            train.append((record["step"], record["loss"]))
+        if "val_loss" in record:
+            val.append((record["step"], record["val_loss"]))
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    if train:
+        ax.plot(*zip(*train), label="train", linewidth=1)
+    if val:
+        ax.plot(*zip(*val), label="val", marker="o", markersize=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(out_path.parent.name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_path)
+    plt.close(fig)
+
+
+def copy_tokenizer(tokens_meta: dict[str, Any], run_dir: Path) -> Any:
+    """Copy the tokenizer into the run, so the run alone can be evaluated and served."""
+    src = Path(tokens_meta["tokenizer_dir"])
+    dst = run_dir / "tokenizer"
+    if src.resolve() != dst.resolve():
+        tokenizer = load_tokenizer(src)
+        if tokenizer.fingerprint != tokens_meta["tokenizer_fingerprint"]:
+            raise ConfigError(
+                f"the tokenizer at {src} is not the one the tokens were encoded with "
+                "(fingerprints differ); run `lmforge tokenizer encode` again"
+            )
+        dst.mkdir(parents=True, exist_ok=True)
+        for name in ("tokenizer.json", "tokenizer_meta.json"):
+            shutil.copyfile(src / name, dst / name)
+    return load_tokenizer(dst)
+
+
+def train(
+    cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Train (or resume) the run in `run_dir`; return a summary with the final val loss."""
+    run_dir = Path(run_dir)
+    tc = cfg.train
+    existing = ckpt.read_index(run_dir, missing_ok=True)
+    if existing and not resume:
+        raise ConfigError(
+            f"{run_dir} already holds checkpoints; pass --resume to continue that run, "
+            "or choose another --out"
+        )
+    if resume and not existing:
+        raise ConfigError(f"--resume: {run_dir} has no checkpoint to resume from")
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    device = resolve_device(tc.device)
+    dtype = resolve_precision(tc.precision, device)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    tokens_dir = resolve_tokens_dir(cfg.data.tokens, run_dir)
+    meta = read_token_meta(tokens_dir)
+    tokenizer = copy_tokenizer(meta, run_dir)
+    if cfg.model.vocab_size == 0:
+        cfg = replace(cfg, model=replace(cfg.model, vocab_size=meta["vocab_size"]))
+    elif cfg.model.vocab_size < meta["vocab_size"]:
+        raise ConfigError(
+            f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
+            f"{meta['vocab_size']} tokens; set model.vocab_size = 0 to take it from the tokenizer"
+        )
+    seq_len = cfg.model.max_seq_len
+    train_windows = TokenWindows(tokens_dir, cfg.data.train_split, seq_len)
+    val_windows = TokenWindows(tokens_dir, cfg.data.val_split, seq_len)
+    token_bytes = torch.as_tensor(tokenizer.token_bytes, dtype=torch.long, device=device)
+
+    torch.manual_seed(tc.seed)
+    model = GPT(cfg.model).to(device)
+    optimizer = build_optimizer(model, cfg.optim, device.type)
+    config_dict = to_dict(cfg)
+    config_dict["tokenizer"] = {"kind": tokenizer.kind, "fingerprint": tokenizer.fingerprint}
+    (run_dir / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n", "utf-8")
+
+    start_step, best_val, tokens_seen, elapsed_before = 0, math.inf, 0, 0.0
+    if resume:
+        src = ckpt.checkpoint_dir(run_dir, "last")
+        ckpt.load_model_weights(model, src / "model.safetensors")
+        state = ckpt.load_train_state(src, optimizer)
+        start_step = state["step"]
+        best_val = state.get("best_val_loss", math.inf)
+        tokens_seen = state.get("tokens_seen", 0)
+        elapsed_before = state.get("elapsed_s", 0.0)
+        log.info("resumed %s at step %d", src, start_step)
+    metrics = MetricsLog(run_dir, resume_step=start_step if resume else None)
+
+    step_fn = torch.compile(model) if tc.compile else model
+    tokens_per_step = tc.batch_size * tc.grad_accum_steps * seq_len
+    flops_per_step = model.flops_per_token(seq_len) * tokens_per_step
+    peak = tc.peak_flops or peak_flops(device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    def run_eval(step: int) -> float:
+        result = evaluate_loss(
+            model,
+            val_windows,
+            device=device,
+            batch_size=tc.eval_batch_size,
+            max_tokens=tc.eval_tokens or None,
+            autocast=autocast,
+            token_bytes=token_bytes,
+        )
+        record = {"step": step, "val_loss": result["loss"]}
+        if "bits_per_byte" in result:
+            record["val_bpb"] = result["bits_per_byte"]
+        metrics.write(record)
+        return result["loss"]
+
+    def save(step: int, *, is_best: bool) -> None:
+        ckpt.save_checkpoint(
+            run_dir,
+            step=step,
+            model=model,
+            config=config_dict,
+            optimizer=optimizer,
+            train_state={
+                "best_val_loss": best_val,
+                "tokens_seen": tokens_seen,
+                "elapsed_s": elapsed_before + (time.perf_counter() - t_start),
+            },
+            is_best=is_best,
+            keep=tc.keep_checkpoints,
+        )
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=tc.max_steps, initial=start_step, desc="train", unit="step")
+    model.train()
+    t_start = time.perf_counter()
+    t_window, steps_window, last_loss, val_loss = time.perf_counter(), 0, math.nan, math.nan
+    for step in range(start_step, tc.max_steps):
+        lr = lr_at(step, cfg.optim.lr, tc.max_steps, cfg.schedule)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=device)
+        for micro in range(tc.grad_accum_steps):
+            x, y = train_windows.batch(
+                tc.batch_size, seed=tc.seed, step=step * tc.grad_accum_steps + micro
+            )
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with autocast:
+                logits = step_fn(x)
+                loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
+            scaler.scale(loss / tc.grad_accum_steps).backward()
+            loss_sum += loss.detach()
+        if tc.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        tokens_seen += tokens_per_step
+        steps_window += 1
+        done = step + 1
+
+        if done % tc.log_interval == 0 or done == tc.max_steps:
+            last_loss = loss_sum.item() / tc.grad_accum_steps
+            if not math.isfinite(last_loss):
+                raise FloatingPointError(
+                    f"loss became {last_loss} at step {done}; lower optim.lr or enable "
+                    "train.grad_clip"
+                )
+            dt = time.perf_counter() - t_window
+            tok_s = steps_window * tokens_per_step / dt
+            mfu = steps_window * flops_per_step / dt / peak if peak else 0.0
+            metrics.write(
+                {
+                    "step": done,
+                    "loss": last_loss,
+                    "lr": lr,
+                    "tokens": tokens_seen,
+                    "tokens_per_s": tok_s,
+                    "mfu": mfu,
+                    "elapsed_s": elapsed_before + time.perf_counter() - t_start,
+                }
+            )
+            if bar is not None:
+                bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{mfu:.1%}")
+            t_window, steps_window = time.perf_counter(), 0
+
+        at_eval = done % tc.eval_interval == 0 or done == tc.max_steps
+        at_ckpt = tc.checkpoint_interval and done % tc.checkpoint_interval == 0
+        if at_eval:
+            val_loss = run_eval(done)
+            is_best = val_loss < best_val
+            best_val = min(best_val, val_loss)
+            if bar is not None:
+                bar.set_postfix(loss=f"{last_loss:.3f}", val=f"{val_loss:.3f}")
+            save(done, is_best=is_best)
+            t_window, steps_window = time.perf_counter(), 0
+        elif at_ckpt:
+            save(done, is_best=False)
+            t_window, steps_window = time.perf_counter(), 0
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    metrics.close()
+    elapsed = elapsed_before + time.perf_counter() - t_start
+    plot_losses(metrics.path, run_dir / "loss.png")
+    return {
+        "run_dir": str(run_dir),
+        "steps": tc.max_steps,
+        "tokens_seen": tokens_seen,
+        "final_val_loss": val_loss,
+        "best_val_loss": best_val,
+        "train_loss": last_loss,
+        "elapsed_s": elapsed,
+        "params": model.num_params(),
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+    }

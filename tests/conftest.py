@@ -1,0 +1,64 @@
+"""Shared fixtures: paths to the real corpora and a tiny trained run built once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
+
+
+@pytest.fixture(scope="session")
+def shakespeare_text() -> str:
+    if not SHAKESPEARE.exists():
+        pytest.skip(f"{SHAKESPEARE} is not there")
+    return SHAKESPEARE.read_text(encoding="utf-8")
+
+
+def make_tokens(root: Path, text: str, kind: str = "char") -> Path:
+    """Prepare, train a tokenizer and encode `text`; return the tokens folder."""
+    from lmforge.data.prepare import PrepareConfig, prepare_corpus
+    from lmforge.tokenizer.encode import encode_data
+    from lmforge.tokenizer.tokenizer import TokenizerConfig, train_tokenizer_from_data
+
+    corpus = root / "corpus.txt"
+    corpus.write_text(text, encoding="utf-8")
+    prepare_corpus([corpus], root / "data", PrepareConfig(val_fraction=0.1, test_fraction=0.1))
+    train_tokenizer_from_data(
+        root / "data", root / "tokenizer", TokenizerConfig(kind=kind, vocab_size=300)
+    )
+    encode_data(root / "data", root / "tokenizer", root / "tokens", workers=1)
+    return root / "tokens"
+
+
+TINY_OVERRIDES = {
+    "model.n_layers": 1,
+    "model.n_heads": 2,
+    "model.d_model": 32,
+    "model.max_seq_len": 64,
+    "train.max_steps": 20,
+    "train.batch_size": 4,
+    "train.eval_interval": 20,
+    "train.log_interval": 10,
+    "optim.lr": 3e-3,
+    "schedule.warmup_steps": 2,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_tokens(tmp_path_factory, shakespeare_text) -> Path:
+    """Char-level tokens of the first 50 KB of Tiny Shakespeare."""
+    return make_tokens(tmp_path_factory.mktemp("tiny"), shakespeare_text[:50_000])
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_tokens) -> Path:
+    """A run directory with a 1-layer model trained for 20 steps."""
+    from lmforge.train.trainer import load_run_config, train
+
+    run_dir = tmp_path_factory.mktemp("run")
+    cfg = load_run_config(None, {"data.tokens": str(tiny_tokens), **TINY_OVERRIDES})
+    train(cfg, run_dir, progress=False)
+    return run_dir

@@ -1,0 +1,246 @@
+"""The HTTP server, driven over a real socket by the official `openai` client and by httpx."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import uvicorn
+
+from lmforge.infer.generate import GenerationConfig, complete
+from lmforge.infer.load import load_run
+from lmforge.serve.app import ServeConfig, build_app
+
+MODEL = "tiny-shakespeare"
+MAX_TOKENS_LIMIT = 48
+CONTEXT = 64  # model.max_seq_len of the tiny_run fixture
+
+
+@pytest.fixture(scope="module")
+def base_url(tiny_run: Path) -> Iterator[str]:
+    """A uvicorn server on a free local port, in a background thread, for this module."""
+    cfg = ServeConfig(model_name=MODEL, max_tokens_limit=MAX_TOKENS_LIMIT, device="cpu")
+    app = build_app(tiny_run, cfg)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.01)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+    sock.close()
+
+
+@pytest.fixture(scope="module")
+def client(base_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="x", max_retries=0, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def http(base_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=base_url, timeout=30, trust_env=False) as c:
+        yield c
+
+
+def test_serve_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="max_tokens_limit"):
+        ServeConfig(max_tokens_limit=0)
+    with pytest.raises(ValueError, match="max_prompt_tokens"):
+        ServeConfig(max_prompt_tokens=-1)
+    with pytest.raises(ValueError, match="model_name"):
+        ServeConfig(model_name="")
+
+
+def test_models_list_and_health(client, http):
+    models = client.models.list()
+    assert [m.id for m in models.data] == [MODEL]
+    assert models.data[0].owned_by == "lmforge"
+    assert client.models.retrieve(MODEL).id == MODEL
+    health = http.get("/health").json()
+    assert health["status"] == "ok" and health["model"] == MODEL
+
+
+def test_greedy_completion_matches_library(client, tiny_run):
+    out = client.completions.create(
+        model=MODEL, prompt="ROMEO:", max_tokens=20, temperature=0, seed=1
+    )
+    assert out.object == "text_completion" and out.id.startswith("cmpl-")
+    assert out.model == MODEL
+    (choice,) = out.choices
+    assert choice.index == 0 and choice.logprobs is None
+    assert out.usage.prompt_tokens == len("ROMEO:")  # char tokenizer
+    if choice.finish_reason == "length":
+        assert out.usage.completion_tokens == 20
+    else:
+        assert choice.finish_reason == "stop" and out.usage.completion_tokens <= 20
+    assert out.usage.total_tokens == out.usage.prompt_tokens + out.usage.completion_tokens
+    # The server answers what the library answers for the same settings.
+    run = load_run(tiny_run, device="cpu")
+    want = complete(
+        run.model, run.tokenizer, "ROMEO:", GenerationConfig(max_new_tokens=20, temperature=0)
+    )
+    assert choice.text == want.text
+
+
+def test_stream_concatenates_to_the_same_text(client):
+    kwargs = dict(model=MODEL, prompt="ROMEO:", max_tokens=20, temperature=0)
+    whole = client.completions.create(**kwargs)
+    chunks = list(
+        client.completions.create(**kwargs, stream=True, stream_options={"include_usage": True})
+    )
+    with_choices = [c for c in chunks if c.choices]
+    assert all(c.choices[0].finish_reason is None for c in with_choices[:-1])
+    assert with_choices[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+    assert "".join(c.choices[0].text for c in with_choices) == whole.choices[0].text
+    assert len(with_choices) > 2  # it really streamed, piece by piece
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_raw_stream_is_server_sent_events(http):
+    body = {"model": MODEL, "prompt": "KING", "max_tokens": 5, "temperature": 0, "stream": True}
+    with http.stream("POST", "/v1/completions", json=body) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        raw = r.read().decode()
+    events = [e for e in raw.split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events)
+    assert events[-1] == "data: [DONE]"
+    last = json.loads(events[-2][len("data: ") :])
+    assert last["object"] == "text_completion" and last["choices"][0]["finish_reason"]
+
+
+def test_stop_strings_are_honoured(client):
+    base = client.completions.create(model=MODEL, prompt="ROMEO:", max_tokens=30, temperature=0)
+    text = base.choices[0].text
+    stop = text[5:7]  # a stop string the greedy continuation is known to contain
+    first = text.find(stop)
+    out = client.completions.create(
+        model=MODEL, prompt="ROMEO:", max_tokens=30, temperature=0, stop=[stop, "\x00"]
+    )
+    assert out.choices[0].text == text[:first]
+    assert out.choices[0].finish_reason == "stop"
+    streamed = client.completions.create(
+        model=MODEL, prompt="ROMEO:", max_tokens=30, temperature=0, stop=stop, stream=True
+    )
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == text[:first]
+
+
+def test_echo_and_seeded_sampling(client):
+    out = client.completions.create(
+        model=MODEL, prompt="ROMEO:", max_tokens=5, temperature=0, echo=True
+    )
+    assert out.choices[0].text.startswith("ROMEO:")
+    kwargs = dict(model=MODEL, prompt="ROMEO:", max_tokens=20, temperature=1.0)
+    a = client.completions.create(**kwargs, seed=7, extra_body={"top_k": 10})
+    b = client.completions.create(**kwargs, seed=7, extra_body={"top_k": 10})
+    assert a.choices[0].text == b.choices[0].text
+    # top_k is an extension of OpenAI's API; top_k=1 samples the greedy continuation.
+    greedy = client.completions.create(model=MODEL, prompt="ROMEO:", max_tokens=20, temperature=0)
+    top1 = client.completions.create(**kwargs, extra_body={"top_k": 1})
+    assert top1.choices[0].text == greedy.choices[0].text
+
+
+def test_openai_errors(client):
+    with pytest.raises(openai.BadRequestError, match=str(MAX_TOKENS_LIMIT)) as e:
+        client.completions.create(model=MODEL, prompt="ROMEO:", max_tokens=MAX_TOKENS_LIMIT + 1)
+    assert e.value.body["param"] == "max_tokens"
+    assert e.value.body["type"] == "invalid_request_error"
+    with pytest.raises(openai.BadRequestError, match=f"limit of {CONTEXT} tokens"):
+        client.completions.create(model=MODEL, prompt="x" * (CONTEXT + 1), max_tokens=1)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=MODEL, prompt="ROMEO:", temperature=2.5)
+    assert e.value.body["param"] == "temperature"
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model=MODEL, prompt="ROMEO:", top_p=0)
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model=MODEL, prompt="ROMEO:", max_tokens=-1)
+    with pytest.raises(openai.BadRequestError, match="n=1"):
+        client.completions.create(model=MODEL, prompt="ROMEO:", n=2)
+    with pytest.raises(openai.NotFoundError) as e:
+        client.completions.create(model="gpt-4", prompt="ROMEO:")
+    assert e.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4")
+
+
+@pytest.mark.parametrize(
+    "payload, param",
+    [
+        ({"model": MODEL}, "prompt"),  # missing prompt
+        ({"model": MODEL, "prompt": 3}, "prompt"),
+        ({"model": MODEL, "prompt": "a", "max_tokens": "many"}, "max_tokens"),
+        ({"model": MODEL, "prompt": "a", "top_k": -1}, "top_k"),
+        ({"model": MODEL, "prompt": []}, "prompt"),
+        ([1, 2], None),  # not an object
+    ],
+)
+def test_invalid_requests_are_400_in_openai_shape(http, payload, param):
+    r = http.post("/v1/completions", json=payload)
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and err["message"]
+    assert err["param"] == param
+
+
+def test_malformed_json_is_400(http):
+    for path in ("/v1/completions", "/generate"):
+        r = http.post(path, content=b'{"prompt": ', headers={"content-type": "application/json"})
+        assert r.status_code == 400
+        assert "JSON" in r.json()["error"]["message"]
+    r = http.get("/no/such/route")
+    assert r.status_code == 404 and "error" in r.json()
+
+
+def test_several_prompts_are_answered_in_order(client):
+    out = client.completions.create(
+        model=MODEL, prompt=["ROMEO:", "JULIET:"], max_tokens=4, temperature=0
+    )
+    assert [c.index for c in out.choices] == [0, 1]
+    single = client.completions.create(model=MODEL, prompt="JULIET:", max_tokens=4, temperature=0)
+    assert out.choices[1].text == single.choices[0].text
+
+
+def test_generate_endpoint(http, client):
+    r = http.post("/generate", json={"text": "ROMEO:", "max_new_tokens": 20, "temperature": 0})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["text"] == "ROMEO:"
+    same = client.completions.create(model=MODEL, prompt="ROMEO:", max_tokens=20, temperature=0)
+    assert body["completion"] == same.choices[0].text
+    assert body["finish_reason"] == same.choices[0].finish_reason
+    assert body["usage"]["total_tokens"] == same.usage.total_tokens
+    r = http.post("/generate", json={"text": "ROMEO:", "max_new_tokens": MAX_TOKENS_LIMIT + 1})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_new_tokens"
+    r = http.post("/generate", json={"max_new_tokens": 3})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "text"
+
+
+def test_requests_are_served_one_at_a_time_without_errors(base_url):
+    body = {"model": MODEL, "prompt": "ROMEO:", "max_tokens": 10, "temperature": 0}
+    results: list[httpx.Response] = []
+
+    def call() -> None:
+        with httpx.Client(base_url=base_url, timeout=30, trust_env=False) as c:
+            results.append(c.post("/v1/completions", json=body))
+
+    threads = [threading.Thread(target=call) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.status_code for r in results] == [200] * 4
+    assert len({r.json()["choices"][0]["text"] for r in results}) == 1

@@ -1,0 +1,127 @@
+"""The trainer: the loss falls, runs are deterministic, resume is exact, schedules are right."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+from conftest import TINY_OVERRIDES
+
+from lmforge.config import ConfigError
+from lmforge.train.schedule import ScheduleConfig, lr_at
+from lmforge.train.trainer import load_run_config, train
+
+
+def losses(run_dir, key="loss"):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r[key] for r in map(json.loads, lines) if key in r}
+
+
+def config(tokens, **extra):
+    return load_run_config(None, {"data.tokens": str(tokens), **TINY_OVERRIDES, **extra})
+
+
+def test_loss_falls_and_artifacts_exist(tiny_run):
+    train_losses = losses(tiny_run)
+    val = losses(tiny_run, "val_loss")
+    vocab = json.loads((tiny_run / "config.json").read_text())["model"]["vocab_size"]
+    assert train_losses[20] < train_losses[10] < math.log(vocab)
+    assert val[20] < math.log(vocab) - 1.0
+    for name in ("loss.png", "config.json", "tokenizer/tokenizer.json", "checkpoints/index.json"):
+        assert (tiny_run / name).exists(), name
+    assert list((tiny_run / "tb").iterdir()), "no TensorBoard events written"
+    ckpt = tiny_run / "checkpoints" / "step-0000020"
+    for name in ("model.safetensors", "config.json", "train_state.safetensors"):
+        assert (ckpt / name).exists(), name
+
+
+def test_same_seed_same_losses(tmp_path, tiny_tokens):
+    cfg = config(tiny_tokens, **{"train.max_steps": 6, "train.log_interval": 1})
+    train(cfg, tmp_path / "a", progress=False)
+    train(cfg, tmp_path / "b", progress=False)
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_resume_continues_exactly(tmp_path, tiny_tokens, dropout):
+    overrides = {
+        "train.max_steps": 12,
+        "train.log_interval": 1,
+        "train.checkpoint_interval": 6,
+        "train.keep_checkpoints": 5,
+        "train.grad_accum_steps": 2,
+        "model.dropout": dropout,
+    }
+    cfg = config(tiny_tokens, **overrides)
+    full = tmp_path / "full"
+    train(cfg, full, progress=False)
+
+    # A run that stopped after its step-6 checkpoint: copy that checkpoint alone.
+    cut = tmp_path / "cut"
+    shutil.copytree(full, cut)
+    for path in (cut / "checkpoints").glob("step-*"):
+        if path.name != "step-0000006":
+            shutil.rmtree(path)
+    index = {"last": "step-0000006", "best": "step-0000006", "history": ["step-0000006"]}
+    (cut / "checkpoints" / "index.json").write_text(json.dumps(index))
+
+    train(cfg, cut, resume=True, progress=False)
+    assert losses(cut) == losses(full)  # steps 1-6 kept, 7-12 recomputed: bit-identical
+    assert losses(cut, "val_loss") == losses(full, "val_loss")
+
+
+def test_existing_run_is_not_overwritten(tiny_run, tiny_tokens):
+    before = (tiny_run / "checkpoints" / "index.json").read_text()
+    with pytest.raises(ConfigError, match="--resume"):
+        train(config(tiny_tokens), tiny_run, progress=False)
+    assert (tiny_run / "checkpoints" / "index.json").read_text() == before
+
+
+def test_resume_without_checkpoint_is_explained(tmp_path, tiny_tokens):
+    with pytest.raises(ConfigError, match="no checkpoint to resume"):
+        train(config(tiny_tokens), tmp_path / "new", resume=True, progress=False)
+
+
+def test_vocab_smaller_than_tokenizer_is_explained(tmp_path, tiny_tokens):
+    with pytest.raises(ConfigError, match="smaller than the tokenizer"):
+        train(config(tiny_tokens, **{"model.vocab_size": 10}), tmp_path / "r", progress=False)
+
+
+def test_recipe_errors_name_the_field(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text("[optim]\nlrr = 1e-3\n")
+    with pytest.raises(
+        ConfigError, match=r"r.toml.*unknown field.*lrr.*known fields are: name, lr"
+    ):
+        load_run_config(recipe)
+    recipe.write_text("[train]\nmax_steps = 'many'\n")
+    with pytest.raises(ConfigError, match="train.max_steps: got 'many', expected an integer"):
+        load_run_config(recipe)
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        recipe.write_text("[train\n")
+        load_run_config(recipe)
+
+
+def test_overrides_apply_on_top_of_recipe(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text("[optim]\nlr = 1e-3\nbetas = [0.9, 0.99]\n[model]\nn_layers = 2\n")
+    cfg = load_run_config(recipe, {"optim.lr": 3e-4, "train.max_steps": 7})
+    assert cfg.optim.lr == 3e-4 and cfg.optim.betas == (0.9, 0.99)
+    assert cfg.model.n_layers == 2 and cfg.train.max_steps == 7
+
+
+def test_cosine_schedule_shape():
+    cfg = ScheduleConfig(kind="cosine", warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_at(0, 1.0, 110, cfg) == pytest.approx(0.1)
+    assert lr_at(9, 1.0, 110, cfg) == pytest.approx(1.0)
+    assert lr_at(60, 1.0, 110, cfg) == pytest.approx(0.55)  # halfway down the cosine
+    assert lr_at(110, 1.0, 110, cfg) == pytest.approx(0.1)
+    values = [lr_at(s, 1.0, 110, cfg) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_constant_schedule_after_warmup():
+    cfg = ScheduleConfig(kind="constant", warmup_steps=4)
+    assert [lr_at(s, 2.0, 100, cfg) for s in (0, 3, 50, 99)] == [0.5, 2.0, 2.0, 2.0]
