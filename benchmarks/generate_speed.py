@@ -81,10 +81,10 @@ def run_hf(hf, prompt: list[int], n: int, sample: bool) -> list[int]:
     return out[0, len(prompt) :].tolist()
 
 
-def timed(fn, device: torch.device) -> tuple[float, list[int]]:
+def timed(run, sample: bool, device: torch.device) -> tuple[float, list[int]]:
     sync(device)
     t0 = time.perf_counter()
-    tokens = fn()
+    tokens = run(sample)
     sync(device)
     return time.perf_counter() - t0, tokens
 
@@ -131,7 +131,7 @@ def main() -> None:
         times = {k: [] for k in runners}
         for r in range(args.repeats):
             for key in list(runners) if r % 2 == 0 else list(runners)[::-1]:
-                seconds, tokens = timed(lambda key=key: runners[key](mode == "sample"), device)
+                seconds, tokens = timed(runners[key], mode == "sample", device)
                 if len(tokens) != n:
                     raise RuntimeError(f"{key} {mode} produced {len(tokens)} tokens, not {n}")
                 times[key].append(seconds)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import TINY_OVERRIDES
 
+from conftest import TINY_OVERRIDES
 from lmforge.cli import main
 
 

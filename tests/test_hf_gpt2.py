@@ -19,7 +19,7 @@ def tiny(**kw) -> GPT:
     model = GPT(GPTConfig(**cfg)).eval()
     # Non-zero biases and norm parameters, so a misplaced one cannot hide behind its init.
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() == 1:
                 p.add_(0.1 * torch.randn_like(p))
     return model

@@ -7,8 +7,8 @@ import math
 import shutil
 
 import pytest
-from conftest import TINY_OVERRIDES
 
+from conftest import TINY_OVERRIDES
 from lmforge.config import ConfigError
 from lmforge.train.schedule import ScheduleConfig, lr_at
 from lmforge.train.trainer import load_run_config, train

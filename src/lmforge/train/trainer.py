@@ -366,15 +366,17 @@ def train(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=tc.max_steps, initial=start_step, desc="train", unit="step")
+        bar = tqdm(
+            total=tc.max_steps, initial=start_step, desc="train", unit="step", mininterval=1.0
+        )
     model.train()
     t_start = time.perf_counter()
     t_window, steps_window, last_loss, val_loss = time.perf_counter(), 0, math.nan, math.nan
+    window_loss, loss_steps = torch.zeros((), device=device), 0  # since the last log line
     for step in range(start_step, tc.max_steps):
         lr = lr_at(step, cfg.optim.lr, tc.max_steps, cfg.schedule)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss_sum = torch.zeros((), device=device)
         for micro in range(tc.grad_accum_steps):
             x, y = train_windows.batch(
                 tc.batch_size, seed=tc.seed, step=step * tc.grad_accum_steps + micro
@@ -384,7 +386,7 @@ def train(
                 logits = step_fn(x)
                 loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
             scaler.scale(loss / tc.grad_accum_steps).backward()
-            loss_sum += loss.detach()
+            window_loss += loss.detach()
         if tc.grad_clip > 0:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
@@ -393,10 +395,14 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         tokens_seen += tokens_per_step
         steps_window += 1
+        loss_steps += 1
         done = step + 1
 
         if done % tc.log_interval == 0 or done == tc.max_steps:
-            last_loss = loss_sum.item() / tc.grad_accum_steps
+            # The mean over the steps since the last log line: one step's loss is noisy.
+            last_loss = window_loss.item() / (loss_steps * tc.grad_accum_steps)
+            window_loss.zero_()
+            loss_steps = 0
             if not math.isfinite(last_loss):
                 raise FloatingPointError(
                     f"loss became {last_loss} at step {done}; lower optim.lr or enable "
