@@ -26,7 +26,7 @@ import torch
 import transformers
 
 from lmforge.export.hf_gpt2 import to_hf_gpt2
-from lmforge.infer.generate import GenerationConfig, generate_ids
+from lmforge.infer.generate import GenerationConfig, generate_ids, prepare_for_decoding
 from lmforge.model.gpt import GPT, GPTConfig
 
 
@@ -113,6 +113,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = GPT(cfg).to(device).eval()
     hf = to_hf_gpt2(model, attn_implementation="sdpa").eval()
+    prepare_for_decoding(model)  # what `lmforge generate` and `serve` do after loading
     gen = torch.Generator().manual_seed(1)
     prompt = torch.randint(0, cfg.vocab_size, (args.prompt_tokens,), generator=gen).tolist()
     n = args.new_tokens

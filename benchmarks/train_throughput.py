@@ -47,8 +47,8 @@ class Shape:
 
 
 SHAPES = {
-    "a": Shape(4, 4, 128, 64, 12, 65, steps=60, warmup=5),
-    "b": Shape(6, 6, 384, 256, 16, 65, steps=6, warmup=1),
+    "a": Shape(4, 4, 128, 64, 12, 65, steps=150, warmup=10),
+    "b": Shape(6, 6, 384, 256, 16, 65, steps=10, warmup=2),
     "gpt2": Shape(12, 12, 768, 1024, 8, 50304, steps=50, warmup=5),  # 124M; meant for a GPU
 }
 

@@ -119,3 +119,26 @@ def test_truncated_checkpoint_is_explained(tmp_path):
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         load_model_weights(tiny(), path)
     assert backup.stat().st_size > path.stat().st_size  # the error touched nothing else
+
+
+def test_decoding_layout_keeps_logits_and_training_drops_it():
+    from lmforge.infer.generate import prepare_for_decoding
+
+    model = tiny(n_kv_heads=2)
+    idx = torch.randint(0, 50, (2, 16))
+    expected = model(idx)
+    names = sorted(model.state_dict())
+    prepare_for_decoding(model)
+    torch.testing.assert_close(model(idx), expected, atol=1e-5, rtol=1e-5)
+    cache = model.new_cache(2)
+    steps = [model(idx[:, :8], cache)] + [model(idx[:, t : t + 1], cache) for t in range(8, 16)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), expected, atol=1e-5, rtol=1e-5)
+    assert sorted(model.state_dict()) == names  # checkpoint keys unchanged
+    model.train()
+    with torch.no_grad():
+        model.blocks[0].attn.v_proj.weight.mul_(5.0)  # training must see the parameters
+    assert model.blocks[0].attn._fused_qkv is None
+    reference = tiny(n_kv_heads=2)
+    reference.load_state_dict(model.state_dict())
+    assert not torch.allclose(reference(idx), expected, atol=1e-5)
+    torch.testing.assert_close(model.eval()(idx), reference(idx), atol=1e-5, rtol=1e-5)

@@ -288,11 +288,17 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
 
 @command("generate", help="sample text from a run, streamed to stdout", args=_generate_args)
 def cmd_generate(a: argparse.Namespace) -> int:
-    from lmforge.infer.generate import Completion, GenerationConfig, stream_text
+    from lmforge.infer.generate import (
+        Completion,
+        GenerationConfig,
+        prepare_for_decoding,
+        stream_text,
+    )
     from lmforge.infer.load import load_run
     from lmforge.train.trainer import resolve_device
 
     run = load_run(a.run, which=a.checkpoint, device=resolve_device(a.device))
+    prepare_for_decoding(run.model)
     cfg = GenerationConfig(
         max_new_tokens=a.max_new_tokens,
         temperature=a.temperature,

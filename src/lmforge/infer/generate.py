@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from lmforge.model.gpt import GPT
 from lmforge.tokenizer.tokenizer import Tokenizer
@@ -40,6 +41,25 @@ class GenerationConfig:
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         self.stop = tuple(s for s in self.stop if s)
+
+
+def prepare_for_decoding(model: GPT) -> GPT:
+    """Arrange a model's weights for fast batch-1 decoding; their values and names stay.
+
+    Decoding one token multiplies a vector by every weight matrix, so it is bound by reading
+    the weights. Two changes make that cheaper: q, k and v are projected by one matmul
+    (`CausalSelfAttention.fuse_qkv`), and every Linear weight is stored transposed in memory
+    (a column-major (out, in) tensor), which the CPU BLAS reads about 1.4x faster for a
+    matrix-vector product on a 6-layer, 384-wide model (benchmarks/generate_speed.py). The
+    tied LM head keeps its layout because the embedding lookup reads rows of it.
+    """
+    model.eval()
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and module.weight is not model.tok_emb.weight:
+            module.weight.data = module.weight.data.t().contiguous().t()
+    for block in model.blocks:
+        block.attn.fuse_qkv()
+    return model
 
 
 @dataclass

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lmforge.model.layers import Block, KVCache, LayerNorm
+from lmforge.model.layers import Block, KVCache, LayerNorm, dropout_or_identity
 
 
 @dataclass(kw_only=True)
@@ -69,7 +69,7 @@ class GPT(nn.Module):
         self.config = c = config
         self.tok_emb = nn.Embedding(c.vocab_size, c.d_model)
         self.pos_emb = nn.Embedding(c.max_seq_len, c.d_model)
-        self.drop = nn.Dropout(c.dropout)
+        self.drop = dropout_or_identity(c.dropout)
         self.blocks = nn.ModuleList(
             Block(
                 c.d_model,

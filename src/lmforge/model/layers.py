@@ -14,6 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def dropout_or_identity(p: float) -> nn.Module:
+    """Dropout, or nothing at all when p == 0: a no-op module still costs a call per token."""
+    return nn.Dropout(p) if p > 0 else nn.Identity()
+
+
 class LayerNorm(nn.Module):
     """LayerNorm with an optional bias (PyTorch's own cannot drop only the bias before 2.1)."""
 
@@ -39,6 +44,11 @@ class KVCache:
     k: torch.Tensor
     v: torch.Tensor
     pos: int = 0
+
+    def __post_init__(self) -> None:
+        # Per-layer views made once: indexing the stacked tensors on every call costs more
+        # than the copy itself when decoding one token at a time.
+        self._layers = list(zip(self.k.unbind(0), self.v.unbind(0)))
 
     @classmethod
     def empty(
@@ -69,9 +79,10 @@ class KVCache:
         end = self.pos + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; asked to fill to {end}")
-        self.k[layer, :, :, self.pos : end] = k
-        self.v[layer, :, :, self.pos : end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        k_all, v_all = self._layers[layer]
+        k_all[:, :, self.pos : end] = k
+        v_all[:, :, self.pos : end] = v
+        return k_all[:, :, :end], v_all[:, :, :end]
 
 
 class CausalSelfAttention(nn.Module):
@@ -100,17 +111,37 @@ class CausalSelfAttention(nn.Module):
         self.k_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(n_heads * self.head_dim, d_model, bias=bias)
-        self.resid_dropout = nn.Dropout(dropout)
+        self.resid_dropout = dropout_or_identity(dropout)
+        self._fused_qkv: tuple[torch.Tensor, torch.Tensor | None] | None = None
+
+    def fuse_qkv(self) -> None:
+        """Project q, k and v with one matmul from now on (a speed-up for decoding).
+
+        Takes a copy of the three weights: call it again after changing them. Switching to
+        training mode drops the copy, so training always uses (and updates) the parameters.
+        The copy is stored transposed, which batch-1 decoding reads faster (see
+        `lmforge.infer.generate.prepare_for_decoding`).
+        """
+        projs = (self.q_proj, self.k_proj, self.v_proj)
+        weight = torch.cat([p.weight.detach().t() for p in projs], dim=1).t()  # (3C, C)
+        bias = torch.cat([p.bias.detach() for p in projs]) if self.q_proj.bias is not None else None
+        self._fused_qkv = (weight, bias)
+
+    def train(self, mode: bool = True) -> CausalSelfAttention:
+        if mode:
+            self._fused_qkv = None
+        return super().train(mode)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = (
-            self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        )  # (B, Hkv, T, D)
-        v = (
-            self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        )  # (B, Hkv, T, D)
+        H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        if self._fused_qkv is not None and not self.training:
+            q, k, v = F.linear(x, *self._fused_qkv).split([H * D, Hkv * D, Hkv * D], dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
+        v = v.view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
         past = 0
         if cache is not None:
             past = cache.pos
@@ -144,7 +175,7 @@ class MLP(nn.Module):
         super().__init__()
         self.up_proj = nn.Linear(d_model, d_ff, bias=bias)
         self.down_proj = nn.Linear(d_ff, d_model, bias=bias)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = dropout_or_identity(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.down_proj(F.gelu(self.up_proj(x), approximate="tanh")))

@@ -30,7 +30,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lmforge.infer.generate import Completion, GenerationConfig, complete, stream_text
+from lmforge.infer.generate import (
+    Completion,
+    GenerationConfig,
+    complete,
+    prepare_for_decoding,
+    stream_text,
+)
 from lmforge.infer.load import LoadedRun, load_run
 from lmforge.train.trainer import resolve_device
 
@@ -164,6 +170,7 @@ def build_app(run_dir: str | Path, cfg: ServeConfig) -> FastAPI:
     """A FastAPI app serving checkpoint `cfg.checkpoint` of the run in `run_dir`."""
     device = resolve_device(cfg.device)
     run: LoadedRun = load_run(run_dir, which=cfg.checkpoint, device=device)
+    prepare_for_decoding(run.model)
     model, tokenizer = run.model, run.tokenizer
     context = model.config.max_seq_len
     max_prompt = cfg.max_prompt_tokens or context
