@@ -48,7 +48,7 @@ class KVCache:
     def __post_init__(self) -> None:
         # Per-layer views made once: indexing the stacked tensors on every call costs more
         # than the copy itself when decoding one token at a time.
-        self._layers = list(zip(self.k.unbind(0), self.v.unbind(0)))
+        self._layers = [(self.k[i], self.v[i]) for i in range(self.k.shape[0])]
 
     @classmethod
     def empty(
