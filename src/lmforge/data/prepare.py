@@ -39,6 +39,7 @@ from lmforge.data.readers import (
     ReadReport,
     iter_documents,
 )
+from lmforge.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -377,9 +378,7 @@ def prepare_corpus(
         },
         "read_report": report.to_dict(),
     }
-    tmp = out / f".{MANIFEST}.tmp-{tag}"
-    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, out / MANIFEST)
+    write_json_atomic(out / MANIFEST, manifest)
     log.info(
         "prepared %s: %s",
         out,

@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from lmforge.io import write_json_atomic
 from lmforge.tokenizer.tokenizer import (
     SPLITS,
     Tokenizer,
-    atomic_write_text,
     load_tokenizer,
     read_records,
     split_shards,
@@ -209,7 +209,7 @@ def encode_data(
         "data_dir": str(data_dir.resolve()),
         "splits": splits_meta,
     }
-    atomic_write_text(out_dir / META_FILE, json.dumps(meta, indent=2) + "\n")
+    write_json_atomic(out_dir / META_FILE, meta)
     for split, m in splits_meta.items():
         logger.info(
             "%s: %d documents, %d bytes -> %d tokens (%.2f bytes/token) in %d shards",

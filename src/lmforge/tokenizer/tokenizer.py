@@ -32,6 +32,7 @@ import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from lmforge import __version__
+from lmforge.io import write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -220,20 +221,13 @@ class Tokenizer:
         """Write `tokenizer.json` and `tokenizer_meta.json` into `directory`, each atomically."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(directory / TOKENIZER_FILE, self.to_json())
-        atomic_write_text(directory / META_FILE, json.dumps(self.meta(), indent=2) + "\n")
+        write_text_atomic(directory / TOKENIZER_FILE, self.to_json())
+        write_json_atomic(directory / META_FILE, self.meta())
         logger.info("saved %s tokenizer (%d tokens) to %s", self._kind, self.vocab_size, directory)
         return directory
 
     def __repr__(self) -> str:
         return f"Tokenizer(kind={self._kind!r}, vocab_size={self.vocab_size})"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary sibling then rename, so readers never see a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _build_bpe(texts: Iterable[str], cfg: TokenizerConfig, progress: bool, length: int | None):

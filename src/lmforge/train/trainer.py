@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from lmforge.config import ConfigError, apply_overrides, from_dict, load_toml, to_dict
 from lmforge.data.loader import TokenWindows
+from lmforge.io import write_json_atomic
 from lmforge.model.gpt import GPT, GPTConfig
 from lmforge.tokenizer.encode import read_token_meta
 from lmforge.tokenizer.tokenizer import load_tokenizer
@@ -310,7 +311,7 @@ def train(
     optimizer = build_optimizer(model, cfg.optim, device.type)
     config_dict = to_dict(cfg)
     config_dict["tokenizer"] = {"kind": tokenizer.kind, "fingerprint": tokenizer.fingerprint}
-    (run_dir / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n", "utf-8")
+    write_json_atomic(run_dir / "config.json", config_dict)
 
     start_step, best_val, tokens_seen, elapsed_before = 0, math.inf, 0, 0.0
     if resume:
