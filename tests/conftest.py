@@ -6,15 +6,16 @@ from pathlib import Path
 
 import pytest
 
+# Real corpora beside the checkout (../shared/data); tests that need one skip without it.
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-SHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
 
 
 @pytest.fixture(scope="session")
 def shakespeare_text() -> str:
-    if not SHAKESPEARE.exists():
-        pytest.skip(f"{SHAKESPEARE} is not there")
-    return SHAKESPEARE.read_text(encoding="utf-8")
+    """Tiny Shakespeare, from the copy bundled in the package (always present)."""
+    from lmforge.corpora import corpus_path
+
+    return corpus_path("tinyshakespeare").read_text(encoding="utf-8")
 
 
 def make_tokens(root: Path, text: str, kind: str = "char") -> Path:

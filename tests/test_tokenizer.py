@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lmforge.corpora import corpus_path
 from lmforge.tokenizer.encode import encode_data, open_split, read_token_meta, token_dtype
 from lmforge.tokenizer.tokenizer import (
     KINDS,
@@ -19,9 +20,6 @@ from lmforge.tokenizer.tokenizer import (
     train_tokenizer,
     train_tokenizer_from_data,
 )
-
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-SHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
 
 AWKWARD = [
     "",
@@ -36,11 +34,7 @@ AWKWARD = [
 
 
 def _corpus() -> str:
-    if SHAKESPEARE.is_file():
-        return SHAKESPEARE.read_text(encoding="utf-8")[:100_000]
-    words = "the quick brown fox jumps over a lazy dog while seven wizards quietly hex".split()
-    rng = np.random.default_rng(0)
-    return " ".join(words[i] for i in rng.integers(0, len(words), 20_000))
+    return corpus_path("tinyshakespeare").read_text(encoding="utf-8")[:100_000]
 
 
 @pytest.fixture(scope="module")
