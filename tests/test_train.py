@@ -125,3 +125,15 @@ def test_cosine_schedule_shape():
 def test_constant_schedule_after_warmup():
     cfg = ScheduleConfig(kind="constant", warmup_steps=4)
     assert [lr_at(s, 2.0, 100, cfg) for s in (0, 3, 50, 99)] == [0.5, 2.0, 2.0, 2.0]
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tmp_path, tiny_tokens):
+    steps = {"train.max_steps": 6, "train.log_interval": 3, "train.eval_interval": 6}
+    train(config(tiny_tokens, **steps), tmp_path / "eager", progress=False)
+    compiled = config(tiny_tokens, **steps, **{"train.compile": True})
+    train(compiled, tmp_path / "compiled", progress=False)
+    eager_losses, compiled_losses = losses(tmp_path / "eager"), losses(tmp_path / "compiled")
+    assert eager_losses.keys() == compiled_losses.keys() == {3, 6}
+    for step in eager_losses:
+        assert compiled_losses[step] == pytest.approx(eager_losses[step], abs=1e-3)
