@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -56,7 +57,7 @@ def test_every_stage_from_the_command_line(tmp_path, capsys, shakespeare_text):
 
 def test_help_explains_every_command(capsys):
     for cmd in (["data", "prepare"], ["tokenizer", "train"], ["tokenizer", "encode"], ["train"],
-                ["eval"], ["generate"], ["serve"]):  # fmt: skip
+                ["eval"], ["generate"], ["serve"], ["model", "info"]):  # fmt: skip
         with pytest.raises(SystemExit) as exc:
             main([*cmd, "--help"])
         assert exc.value.code == 0
@@ -145,3 +146,17 @@ def test_unknown_override_is_explained(tiny_tokens, tmp_path, capsys):
         capsys, "train", "--out", tmp_path / "r", "--data.tokens", tiny_tokens, "--optim.lrr", "1"
     )
     assert code == 2 and "lrr" in err and "known fields" in err
+
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def test_model_info_command(capsys):
+    code, out, _ = run_cli(
+        capsys, "model", "info", "--recipe", RECIPES / "nanogpt-cpu.toml", "--vocab-size", "65",
+        "--json", "--model.n_layers", "2",
+    )  # fmt: skip
+    info = json.loads(out)
+    assert code == 0 and info["params"]["by_group"]["attention"] == 2 * (4 * 128 * 128 + 512)
+    code, _, err = run_cli(capsys, "model", "info", "--recipe", RECIPES / "nanogpt-cpu.toml")
+    assert code == 2 and "--vocab-size" in err

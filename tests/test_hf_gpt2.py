@@ -73,6 +73,10 @@ def test_config_fields():
     [
         (dict(bias=False), "model.bias=False"),
         (dict(n_kv_heads=2), "grouped-query attention"),
+        (dict(pos_emb="rope"), "model.pos_emb='rope'.*LlamaForCausalLM"),
+        (dict(norm="rmsnorm"), "model.norm='rmsnorm'"),
+        (dict(mlp="swiglu"), "model.mlp='swiglu'"),
+        (dict(qk_norm=True), "model.qk_norm=True"),
     ],
 )
 def test_unmappable_config_is_refused(kw, message):

@@ -42,11 +42,30 @@ def test_gpt2_scaled_init():
     assert torch.all(block.attn.q_proj.bias == 0)
 
 
-@pytest.mark.parametrize("n_kv_heads", [4, 2, 1])
-def test_kv_cache_matches_full_forward(n_kv_heads):
-    model = tiny(n_kv_heads=n_kv_heads)
+VARIANTS = {
+    "gpt2": {},
+    "gqa": dict(n_kv_heads=2),
+    "mqa": dict(n_kv_heads=1),
+    "rope": dict(pos_emb="rope"),
+    "sinusoidal": dict(pos_emb="sinusoidal"),
+    "rmsnorm-qknorm": dict(norm="rmsnorm", qk_norm=True, bias=False),
+    "layernorm-qknorm": dict(qk_norm=True),
+    "swiglu": dict(mlp="swiglu"),
+    "relu2": dict(mlp="relu2"),
+    "relu": dict(mlp="relu"),
+    "llama": dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False, n_kv_heads=2,
+                  tie_embeddings=False),
+    "xavier": dict(init="xavier"),
+    "kaiming": dict(init="kaiming"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_kv_cache_matches_full_forward(variant):
+    model = tiny(**VARIANTS[variant])
     idx = torch.randint(0, 50, (2, 20))
     full = model(idx)
+    assert full.shape == (2, 20, 50)
     cache = model.new_cache(2)
     pieces = [model(idx[:, :7], cache)]  # prefill
     pieces.append(model(idx[:, 7:12], cache))  # a chunk after a prefix
@@ -55,19 +74,84 @@ def test_kv_cache_matches_full_forward(n_kv_heads):
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_greedy_generation_cached_equals_uncached_per_variant(variant):
+    model = tiny(**VARIANTS[variant])
+    greedy = dict(max_new_tokens=18, temperature=0.0, stop_at_eos=False)
+    cached = list(generate_ids(model, [1, 2, 3], GenerationConfig(**greedy)))
+    uncached = list(generate_ids(model, [1, 2, 3], GenerationConfig(**greedy, use_cache=False)))
+    assert cached == uncached
+
+
+def test_variant_modules_and_checkpoint_keys():
+    llama = tiny(**VARIANTS["llama"])
+    keys = set(llama.state_dict())
+    assert "blocks.0.mlp.gate_proj.weight" in keys and "blocks.0.attn.q_proj.bias" not in keys
+    assert "pos_emb.weight" not in keys and "lm_head.weight" in keys
+    assert llama.blocks[0].attn.k_proj.weight.shape == (16, 32)  # 2 kv heads of 8
+    qk = tiny(**VARIANTS["rmsnorm-qknorm"])
+    assert {"blocks.0.attn.q_norm.weight", "blocks.0.attn.k_norm.weight"} <= set(qk.state_dict())
+    assert "pos_table" not in tiny(pos_emb="sinusoidal").state_dict()  # fixed, not saved
+
+
+def test_gated_mlp_keeps_the_parameter_count():
+    plain = GPTConfig(vocab_size=10, d_model=384, n_heads=6)
+    gated = GPTConfig(vocab_size=10, d_model=384, n_heads=6, mlp="swiglu")
+    assert plain.d_ff == 1536 and gated.d_ff == 1024  # 8/3 * 384, a multiple of 32
+    assert 3 * gated.d_ff * 384 == 2 * plain.d_ff * 384
+
+
+def test_rope_depends_only_on_relative_position():
+    from lmforge.model.layers import apply_rope, rope_tables
+
+    cos, sin = rope_tables(64, 16, 10000.0)
+    q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
+
+    def score(i: int, j: int) -> float:
+        qi = apply_rope(q, cos[i : i + 1], sin[i : i + 1])
+        kj = apply_rope(k, cos[j : j + 1], sin[j : j + 1])
+        return float((qi * kj).sum())
+
+    assert score(10, 7) == pytest.approx(score(40, 37), abs=1e-5)
+    assert score(10, 7) != pytest.approx(score(10, 2), abs=1e-3)
+    assert score(0, 0) == pytest.approx(float((q * k).sum()), abs=1e-6)  # position 0: no turn
+
+
+def test_sinusoidal_table_matches_the_paper():
+    from lmforge.model.layers import sinusoidal_positions
+
+    table = sinusoidal_positions(50, 8)
+    pos, i = 7, 1  # PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(...)
+    assert table[pos, 2 * i] == pytest.approx(math.sin(pos / 10000 ** (2 * i / 8)), abs=1e-6)
+    assert table[pos, 2 * i + 1] == pytest.approx(math.cos(pos / 10000 ** (2 * i / 8)), abs=1e-6)
+
+
+def test_rmsnorm_formula():
+    from lmforge.model.layers import RMSNorm
+
+    norm = RMSNorm(6, eps=1e-6)
+    x = torch.randn(3, 6)
+    expected = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+    torch.testing.assert_close(norm(x), expected)
+
+
+@pytest.mark.parametrize(
+    "scheme, std",
+    [("gpt2", 0.02), ("xavier", math.sqrt(2 / (64 + 64)))],
+)
+def test_init_schemes(scheme, std):
+    model = tiny(init=scheme, d_model=64, n_heads=4, n_layers=8)
+    w = model.blocks[0].attn.q_proj.weight
+    assert w.std().item() == pytest.approx(std, rel=0.1)
+    o = model.blocks[0].attn.o_proj.weight
+    assert o.std().item() == pytest.approx(std / 4, rel=0.1)  # scaled by 1/sqrt(2 * 8)
+    kaiming = tiny(init="kaiming", d_model=64, n_heads=4).blocks[0].mlp.up_proj.weight
+    assert kaiming.std().item() == pytest.approx(math.sqrt(2 / 64), rel=0.1)
+
+
 def test_too_long_sequence_is_refused():
     with pytest.raises(ValueError, match="max_seq_len=24"):
         tiny()(torch.zeros(1, 25, dtype=torch.long))
-
-
-def test_greedy_generation_cached_equals_uncached():
-    model = tiny()
-    prompt = [1, 2, 3, 4]
-    greedy = dict(max_new_tokens=18, temperature=0.0, stop_at_eos=False)
-    cached = list(generate_ids(model, prompt, GenerationConfig(**greedy)))
-    uncached = list(generate_ids(model, prompt, GenerationConfig(**greedy, use_cache=False)))
-    assert cached == uncached
-    assert len(cached) == 18
 
 
 def test_generation_slides_past_the_context():
@@ -83,6 +167,7 @@ def test_generation_slides_past_the_context():
         (dict(n_heads=4, n_kv_heads=3), "not divisible by model.n_kv_heads"),
         (dict(n_layers=0), "n_layers must be positive"),
         (dict(dropout=1.5), "dropout"),
+        (dict(d_model=36, n_heads=12, pos_emb="rope"), "even head size"),
     ],
 )
 def test_config_errors_explain(kwargs, message):
@@ -142,3 +227,23 @@ def test_decoding_layout_keeps_logits_and_training_drops_it():
     reference.load_state_dict(model.state_dict())
     assert not torch.allclose(reference(idx), expected, atol=1e-5)
     torch.testing.assert_close(model.eval()(idx), reference(idx), atol=1e-5, rtol=1e-5)
+
+
+def test_model_info_counts_and_estimates():
+    from lmforge.model.info import model_info
+
+    cfg = GPTConfig(vocab_size=65, n_layers=4, n_heads=4, d_model=128, max_seq_len=64)
+    info = model_info(cfg, batch_size=12)
+    model = GPT(cfg)
+    assert info["params"]["total"] == sum(p.numel() for p in model.parameters())
+    groups = info["params"]["by_group"]
+    assert groups["attention"] == 4 * (4 * 128 * 128 + 4 * 128)
+    assert groups["mlp"] == 4 * (2 * 128 * 512 + 512 + 128)
+    assert groups["embeddings"] == 65 * 128 + 64 * 128 and "lm_head" not in groups  # tied
+    assert info["params"]["non_embedding"] == info["params"]["total"] - 64 * 128
+    assert info["flops_per_token"] == 6 * info["params"]["non_embedding"] + 12 * 4 * 128 * 64
+    mem = info["memory_estimate"]
+    assert mem["bf16"]["activations_bytes"] < mem["fp32"]["activations_bytes"]
+    untied = model_info(GPTConfig(vocab_size=65, tie_embeddings=False, pos_emb="rope"))
+    assert untied["params"]["by_group"]["lm_head"] == 65 * 128
+    assert untied["params"]["non_embedding"] == untied["params"]["total"] - 65 * 128

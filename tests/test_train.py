@@ -137,3 +137,31 @@ def test_compiled_training_matches_eager(tmp_path, tiny_tokens):
     assert eager_losses.keys() == compiled_losses.keys() == {3, 6}
     for step in eager_losses:
         assert compiled_losses[step] == pytest.approx(eager_losses[step], abs=1e-3)
+
+
+def test_preset_and_depth_dial_expand_with_explicit_fields_winning(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[model]\npreset = "llama-style"\ndepth = 6\nmlp = "relu2"\n')
+    cfg = load_run_config(recipe)
+    m = cfg.model
+    assert (m.pos_emb, m.norm, m.bias, m.mlp) == ("rope", "rmsnorm", False, "relu2")
+    assert (m.n_layers, m.d_model, m.n_heads) == (6, 192, 6)
+    assert cfg.optim.lr == pytest.approx(2e-3 * math.sqrt(128 / 192))
+    assert load_run_config(recipe, {"optim.lr": 1e-2}).optim.lr == 1e-2
+    with pytest.raises(ConfigError, match="llama-style"):
+        load_run_config(None, {"model.preset": "bert"})
+
+
+def test_time_budget_stops_training_and_ends_the_schedule(tmp_path, tiny_tokens):
+    cfg = config(
+        tiny_tokens,
+        **{"train.max_time_s": 1.5, "train.max_steps": 100_000, "train.log_interval": 5},
+    )
+    summary = train(cfg, tmp_path / "r", progress=False)
+    assert 1.2 <= summary["train_seconds"] < 3.0  # ends at the estimated last step or the budget
+    assert 5 < summary["steps"] < 100_000
+    lrs = [json.loads(x)["lr"] for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+           if "lr" in json.loads(x)]  # fmt: skip
+    peak = cfg.optim.lr
+    assert lrs[-1] < 0.3 * peak  # the cosine was stretched to end at the budget, not at 100k
+    assert math.isfinite(summary["final_val_loss"])

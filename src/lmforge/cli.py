@@ -218,6 +218,82 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- model
+
+
+def _model_info_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", help="a TOML recipe (its [model] table); defaults without one")
+    p.add_argument(
+        "--vocab-size",
+        type=int,
+        help="vocabulary size, when the recipe takes it from the tokenizer (model.vocab_size = 0)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help="sequences per step for the memory estimate (default: recipe)",
+    )
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.epilog = "Recipe fields can be overridden as --SECTION.FIELD VALUE, e.g. --model.depth 8."
+
+
+def _human(n: float, unit: str = "") -> str:
+    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{suffix}{unit}"
+    return f"{n:.0f}{unit}"
+
+
+@command(
+    "model", "info", help="parameters by group, FLOPs per token and memory of a recipe's model",
+    args=_model_info_args,
+)  # fmt: skip
+def cmd_model_info(a: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from lmforge.model.info import model_info
+    from lmforge.train.trainer import load_run_config
+
+    cfg = load_run_config(a.recipe, parse_overrides(a.extra))
+    model_cfg = cfg.model
+    if a.vocab_size:
+        model_cfg = replace(model_cfg, vocab_size=a.vocab_size)
+    if model_cfg.vocab_size == 0:
+        raise ValueError(
+            "the recipe takes model.vocab_size from the tokenizer; pass --vocab-size N"
+        )
+    batch = (a.batch_size or cfg.train.batch_size) * cfg.train.grad_accum_steps
+    info = model_info(model_cfg, batch_size=batch)
+    if a.json:
+        _print_json(info)
+        return 0
+    table = Table(title=f"{a.recipe or 'default config'}: {_human(info['params']['total'])} params")
+    table.add_column("parameters")
+    table.add_column("count", justify="right")
+    table.add_column("share", justify="right")
+    for group, n in info["params"]["by_group"].items():
+        table.add_row(group, f"{n:,}", f"{n / info['params']['total']:.1%}")
+    table.add_row("total", f"{info['params']['total']:,}", "")
+    table.add_row("non-embedding", f"{info['params']['non_embedding']:,}", "")
+    console = Console()
+    console.print(table)
+    console.print(
+        f"FLOPs per token (train, fwd+bwd): {_human(info['flops_per_token'])}; per step of "
+        f"{batch} x {info['seq_len']} tokens: {_human(info['flops_per_step'])}"
+    )
+    for precision, mem in info["memory_estimate"].items():
+        console.print(
+            f"memory estimate ({precision} activations): "
+            f"weights+grads+AdamW {_human(mem['weights_grads_adamw_bytes'], 'B')}, "
+            f"activations {_human(mem['activations_bytes'], 'B')}, "
+            f"total {_human(mem['total_bytes'], 'B')}"
+        )
+    return 0
+
+
 # ---------------------------------------------------------------- eval
 
 
@@ -388,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.handler is not cmd_train:
+    if extra and args.handler not in (cmd_train, cmd_model_info):
         parser.error(f"unrecognised arguments: {' '.join(extra)}")
     args.extra = extra
     logging.basicConfig(

@@ -75,6 +75,13 @@ def check_mappable(cfg: GPTConfig) -> None:
             f"model.n_kv_heads={cfg.n_kv_heads} differs from model.n_heads={cfg.n_heads}: "
             "GPT-2 has no grouped-query attention; use n_kv_heads = n_heads (or 0) to export"
         )
+    gpt2_choices = {"pos_emb": "learned", "norm": "layernorm", "mlp": "gelu", "qk_norm": False}
+    for field, value in gpt2_choices.items():
+        if getattr(cfg, field) != value:
+            problems.append(
+                f"model.{field}={getattr(cfg, field)!r}: GPT-2 has {field}={value!r} "
+                "(a Llama-style model maps to LlamaForCausalLM instead)"
+            )
     if problems:
         raise ValueError("this model cannot be exported as GPT-2: " + "; ".join(problems))
 
@@ -100,7 +107,7 @@ def gpt2_config(cfg: GPTConfig, *, eos_token_id: int | None = None) -> GPT2Confi
         resid_pdrop=cfg.dropout,
         embd_pdrop=cfg.dropout,
         attn_pdrop=cfg.dropout,
-        layer_norm_epsilon=1e-5,
+        layer_norm_epsilon=cfg.norm_eps,
         initializer_range=cfg.init_std,
         tie_word_embeddings=cfg.tie_embeddings,
         bos_token_id=eos_token_id,
@@ -167,8 +174,6 @@ def _gpt_config_from_hf(config: GPT2Config) -> GPTConfig:
             f"activation_function={config.activation_function!r}; lmforge's MLP uses the "
             f"tanh-approximated GELU ({', '.join(_TANH_GELUS)})"
         )
-    if config.layer_norm_epsilon != 1e-5:
-        problems.append(f"layer_norm_epsilon={config.layer_norm_epsilon}; lmforge uses 1e-5")
     if not config.scale_attn_weights or config.scale_attn_by_inverse_layer_idx:
         problems.append("attention scaling other than 1/sqrt(head_dim)")
     if config.add_cross_attention:
@@ -189,6 +194,7 @@ def _gpt_config_from_hf(config: GPT2Config) -> GPTConfig:
         dropout=float(config.resid_pdrop),
         bias=True,
         tie_embeddings=bool(config.tie_word_embeddings),
+        norm_eps=config.layer_norm_epsilon,
         init_std=config.initializer_range,
     )
 

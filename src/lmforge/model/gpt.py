@@ -1,21 +1,31 @@
-"""The GPT decoder: token + learned position embeddings, pre-norm blocks, tied LM head.
+"""The GPT decoder, classic or modern, from one config.
 
-Follows GPT-2 (Radford et al., 2019) as nanoGPT writes it: pre-norm blocks, GELU MLP,
-weights tied between the token embedding and the LM head, and GPT-2's scaled init (see
-`init_weights`). Attention goes through `F.scaled_dot_product_attention`, so PyTorch picks
-a flash or memory-efficient kernel where the hardware has one. Checkpoint keys are the
-module names below and are a public API.
+The defaults are GPT-2 (Radford et al., 2019) as nanoGPT writes it: learned positions,
+pre-norm LayerNorm blocks, GELU MLP, weights tied between the token embedding and the LM
+head, and GPT-2's scaled init. The same config also builds the modern decoder (Llama-style):
+rotary positions, RMSNorm, QK-norm, SwiGLU or squared-ReLU MLPs, grouped-query attention.
+`PRESETS` names the two ends. Attention goes through `F.scaled_dot_product_attention`, so
+PyTorch picks a flash or memory-efficient kernel where the hardware has one. Checkpoint keys
+are the module names below and are a public API.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
-from lmforge.model.layers import Block, KVCache, LayerNorm, dropout_or_identity
+from lmforge.model.layers import (
+    NORMS,
+    Block,
+    KVCache,
+    dropout_or_identity,
+    rope_tables,
+    sinusoidal_positions,
+)
 
 
 @dataclass(kw_only=True)
@@ -25,18 +35,27 @@ class GPTConfig:
     n_heads: int = 4
     n_kv_heads: int = 0  # 0: same as n_heads (multi-head); fewer: grouped-query attention
     d_model: int = 128
-    d_ff: int = 0  # 0: 4 * d_model
+    d_ff: int = 0  # 0: 4 * d_model, or 8/3 * d_model (rounded up to 32) for gated MLPs
     max_seq_len: int = 256
     dropout: float = 0.0
-    bias: bool = True
+    bias: bool = True  # biases in Linear layers and LayerNorms
     tie_embeddings: bool = True
+    pos_emb: Literal["learned", "sinusoidal", "rope"] = "learned"
+    rope_theta: float = 10000.0
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    norm_eps: float = 1e-5
+    qk_norm: bool = False  # normalise each head's queries and keys (with `norm`)
+    mlp: Literal["gelu", "relu", "relu2", "swiglu"] = "gelu"
+    init: Literal["gpt2", "xavier", "kaiming"] = "gpt2"
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
         if self.n_kv_heads == 0:
             self.n_kv_heads = self.n_heads
         if self.d_ff == 0:
-            self.d_ff = 4 * self.d_model
+            # A gated MLP has three matrices instead of two: 8/3 keeps the parameter count.
+            gated = self.mlp == "swiglu"
+            self.d_ff = -(-8 * self.d_model // 3 // 32) * 32 if gated else 4 * self.d_model
         for name in ("n_layers", "n_heads", "d_model", "max_seq_len"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
@@ -55,10 +74,39 @@ class GPTConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.pos_emb == "rope" and self.head_dim % 2:
+            raise ValueError(
+                f"rotary positions need an even head size; d_model / n_heads = {self.head_dim}"
+            )
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+
+# Named starting points; a recipe's own [model] fields override them.
+PRESETS: dict[str, dict[str, object]] = {
+    "gpt2-classic": dict(
+        pos_emb="learned", norm="layernorm", mlp="gelu", bias=True, qk_norm=False,
+        tie_embeddings=True, init="gpt2",
+    ),
+    "llama-style": dict(
+        pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False, qk_norm=False,
+        tie_embeddings=False, init="gpt2",
+    ),
+}  # fmt: skip
+
+
+def depth_dial(depth: int) -> tuple[dict[str, int], float]:
+    """Model fields and a peak AdamW LR from one number, the depth (as nanochat does).
+
+    Width grows with depth at a fixed aspect ratio (d_model = 32 * depth, the ratio of
+    nanoGPT's 4-layer, 128-wide CPU model), heads are 32 wide, and the LR shrinks as
+    1/sqrt(width) from 2e-3 at width 128, the value tuned for the demo recipe.
+    """
+    d_model = 32 * depth
+    fields = {"n_layers": depth, "d_model": d_model, "n_heads": max(1, d_model // 32)}
+    return fields, 2e-3 * math.sqrt(128 / d_model)
 
 
 class GPT(nn.Module):
@@ -68,7 +116,17 @@ class GPT(nn.Module):
             raise ValueError("GPTConfig.vocab_size must be set before building the model")
         self.config = c = config
         self.tok_emb = nn.Embedding(c.vocab_size, c.d_model)
-        self.pos_emb = nn.Embedding(c.max_seq_len, c.d_model)
+        # Positions: a learned table, a fixed sinusoidal one (a buffer: nothing to save), or
+        # rotations of q and k inside attention.
+        self.pos_emb = nn.Embedding(c.max_seq_len, c.d_model) if c.pos_emb == "learned" else None
+        if c.pos_emb == "sinusoidal":
+            self.register_buffer(
+                "pos_table", sinusoidal_positions(c.max_seq_len, c.d_model), persistent=False
+            )
+        if c.pos_emb == "rope":
+            cos, sin = rope_tables(c.max_seq_len, c.head_dim, c.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
         self.drop = dropout_or_identity(c.dropout)
         self.blocks = nn.ModuleList(
             Block(
@@ -79,42 +137,58 @@ class GPT(nn.Module):
                 bias=c.bias,
                 dropout=c.dropout,
                 layer_idx=i,
+                norm=c.norm,
+                norm_eps=c.norm_eps,
+                qk_norm=c.qk_norm,
+                activation=c.mlp,
             )
             for i in range(c.n_layers)
         )
-        self.norm_f = LayerNorm(c.d_model, bias=c.bias)
+        self.norm_f = NORMS[c.norm](c.d_model, bias=c.bias, eps=c.norm_eps)
         self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
         if c.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         self.init_weights()
 
     def init_weights(self) -> None:
-        """GPT-2's initialisation.
+        """Initialise every parameter by the scheme `config.init` names.
 
-        | parameter                                  | init                              |
-        |--------------------------------------------|-----------------------------------|
-        | tok_emb, pos_emb, lm_head (when untied)    | normal(0, init_std)               |
-        | attn.{q,k,v}_proj.weight, mlp.up_proj      | normal(0, init_std)               |
-        | attn.o_proj.weight, mlp.down_proj.weight   | normal(0, init_std/sqrt(2*n_layers)) |
-        | every Linear bias                          | zeros                             |
-        | norm weights / biases                      | ones / zeros                      |
+        | parameter                                   | gpt2                 | xavier         | kaiming          |
+        |---------------------------------------------|----------------------|----------------|------------------|
+        | tok_emb, pos_emb, lm_head (when untied)     | N(0, init_std)       | N(0, init_std) | N(0, init_std)   |
+        | attn.{q,k,v}_proj, mlp.{up,gate}_proj       | N(0, init_std)       | U, Glorot      | N, He (fan_in)   |
+        | attn.o_proj, mlp.down_proj                  | N(0, init_std/√(2L)) | U, Glorot/√(2L)| N, He/√(2L)      |
+        | Linear biases                               | 0                    | 0              | 0                |
+        | norm gains / biases (incl. q_norm, k_norm)  | 1 / 0                | 1 / 0          | 1 / 0            |
 
-        The residual projections are scaled down because each block adds two of them to the
-        residual stream, whose variance would otherwise grow with depth.
-        """
-        std = self.config.init_std
-        resid_std = std / math.sqrt(2 * self.config.n_layers)
+        L is n_layers. The residual projections are scaled down in every scheme because each
+        block adds two of them to the residual stream, whose variance would otherwise grow
+        with depth (GPT-2, section 2.3).
+        """  # noqa: E501
+        c = self.config
+        resid_scale = 1.0 / math.sqrt(2 * c.n_layers)
+        matrix_init = {
+            "gpt2": lambda w: nn.init.normal_(w, mean=0.0, std=c.init_std),
+            "xavier": nn.init.xavier_uniform_,
+            "kaiming": lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu"),
+        }[c.init]
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear):
-                is_resid = name.endswith(("o_proj", "down_proj"))
-                nn.init.normal_(module.weight, mean=0.0, std=resid_std if is_resid else std)
+                if module.weight is self.tok_emb.weight:
+                    continue  # the tied LM head is the embedding, initialised below
+                if name == "lm_head":
+                    nn.init.normal_(module.weight, mean=0.0, std=c.init_std)
+                else:
+                    matrix_init(module.weight)
+                    if name.endswith(("o_proj", "down_proj")):
+                        module.weight.data.mul_(resid_scale)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, mean=0.0, std=std)
-            elif isinstance(module, LayerNorm):
+                nn.init.normal_(module.weight, mean=0.0, std=c.init_std)
+            elif isinstance(module, tuple(NORMS.values())):
                 nn.init.ones_(module.weight)
-                if module.bias is not None:
+                if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
 
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
@@ -126,10 +200,17 @@ class GPT(nn.Module):
                 f"sequence of {start + T} tokens is longer than model.max_seq_len="
                 f"{self.config.max_seq_len}"
             )
-        pos = torch.arange(start, start + T, device=idx.device)
-        x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
+        x = self.tok_emb(idx)  # (B, T, C)
+        rope = None
+        if self.pos_emb is not None:
+            x = x + self.pos_emb.weight[start : start + T]
+        elif self.config.pos_emb == "sinusoidal":
+            x = x + self.pos_table[start : start + T]
+        else:
+            rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])
+        x = self.drop(x)
         for block in self.blocks:
-            x = block(x, cache)
+            x = block(x, cache, rope)
         if cache is not None:
             cache.pos += T
         return self.lm_head(self.norm_f(x))  # (B, T, V)
@@ -148,10 +229,17 @@ class GPT(nn.Module):
         )
 
     def num_params(self, *, non_embedding: bool = True) -> int:
-        """Parameter count; tied weights once, and without position embeddings by default."""
+        """Parameter count, tied weights once.
+
+        `non_embedding` leaves out the tables that are only looked up (learned positions, and
+        the token embedding when it is not tied to the LM head): they cost no FLOPs.
+        """
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            n -= self.pos_emb.weight.numel()
+            if self.pos_emb is not None:
+                n -= self.pos_emb.weight.numel()
+            if not self.config.tie_embeddings:
+                n -= self.tok_emb.weight.numel()
         return n
 
     def flops_per_token(self, seq_len: int | None = None) -> float:

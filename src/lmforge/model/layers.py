@@ -1,12 +1,20 @@
-"""Building blocks shared by the model families: norms, attention with a KV cache, MLPs.
+"""Building blocks shared by the model families: norms, positions, attention, MLPs.
 
 Written by hand because they are the point of the project: each piece is small enough to read
-in one sitting, and the submodule names (`attn.{q,k,v,o}_proj`, `mlp.{up,down}_proj`,
-`norm_attn`, `norm_mlp`) are the public checkpoint keys that import/export map from.
+in one sitting, and the submodule names (`attn.{q,k,v,o}_proj`, `attn.{q,k}_norm`,
+`mlp.{up,gate,down}_proj`, `norm_attn`, `norm_mlp`) are the public checkpoint keys that
+import/export map from. Variants are picked by name from small tables (`NORMS`,
+`ACTIVATIONS`), not by branches inside the modules.
+
+Papers: RMSNorm (Zhang & Sennrich, 2019), rotary position embeddings (Su et al., 2021,
+"RoFormer"), sinusoidal positions (Vaswani et al., 2017), GLU variants / SwiGLU (Shazeer,
+2020), squared ReLU (So et al., 2021, "Primer"), QK-norm (Dehghani et al., 2023; as in OLMo 2).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +38,50 @@ class LayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm with a learned gain and no bias or mean subtraction."""
+
+    def __init__(self, dim: int, *, bias: bool = False, eps: float = 1e-5) -> None:
+        super().__init__()
+        del bias  # RMSNorm has none; the argument keeps the NORMS table uniform
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+
+
+NORMS: dict[str, type[nn.Module]] = {"layernorm": LayerNorm, "rmsnorm": RMSNorm}
+
+
+def sinusoidal_positions(max_len: int, dim: int) -> torch.Tensor:
+    """The original Transformer's fixed position table (max_len, dim): sin on even, cos on odd."""
+    pos = torch.arange(max_len, dtype=torch.float32)[:, None]  # (T, 1)
+    inv_freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(1e4) / dim))
+    table = torch.zeros(max_len, dim)
+    table[:, 0::2] = torch.sin(pos * inv_freq)
+    table[:, 1::2] = torch.cos(pos * inv_freq[: dim // 2])
+    return table
+
+
+def rope_tables(max_len: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables (max_len, head_dim // 2) for rotary embeddings."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # (T, D/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[..., i], x[..., i + D/2]) of (B, H, T, D) by each position's angles.
+
+    The half-split pairing (as in GPT-NeoX and Llama's Hugging Face port) rather than
+    interleaved pairs: the two are the same model up to a permutation of q/k channels.
+    """
+    x1, x2 = x.chunk(2, dim=-1)  # (B, H, T, D/2) each
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # (T, D/2), broadcast over B and H
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
 @dataclass
@@ -101,6 +153,7 @@ class CausalSelfAttention(nn.Module):
         bias: bool,
         dropout: float,
         layer_idx: int,
+        qk_norm: str | None = None,
     ) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
@@ -112,6 +165,10 @@ class CausalSelfAttention(nn.Module):
         self.v_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(n_heads * self.head_dim, d_model, bias=bias)
         self.resid_dropout = dropout_or_identity(dropout)
+        # QK-norm: normalising each head's queries and keys bounds the attention logits,
+        # which lets training run at higher learning rates without blowing up.
+        self.q_norm = NORMS[qk_norm](self.head_dim, bias=False) if qk_norm else None
+        self.k_norm = NORMS[qk_norm](self.head_dim, bias=False) if qk_norm else None
         self._fused_qkv: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
     def fuse_qkv(self) -> None:
@@ -132,7 +189,13 @@ class CausalSelfAttention(nn.Module):
             self._fused_qkv = None
         return super().train(mode)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: KVCache | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C); `rope` holds cos/sin (T, D/2) for these T positions."""
         B, T, _ = x.shape
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
         if self._fused_qkv is not None and not self.training:
@@ -142,6 +205,10 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
         k = k.view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
         v = v.view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         past = 0
         if cache is not None:
             past = cache.pos
@@ -168,17 +235,42 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.o_proj(y))
 
 
-class MLP(nn.Module):
-    """The position-wise feed-forward network: up-project, GELU, down-project."""
+def _relu2(x: torch.Tensor) -> torch.Tensor:
+    return F.relu(x).square()
 
-    def __init__(self, d_model: int, d_ff: int, *, bias: bool, dropout: float) -> None:
+
+def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")  # GPT-2's GELU, so its weights load exactly
+
+
+# name -> (activation, gated). A gated MLP multiplies act(gate_proj(x)) by up_proj(x).
+ACTIVATIONS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], bool]] = {
+    "gelu": (_gelu_tanh, False),
+    "relu": (F.relu, False),
+    "relu2": (_relu2, False),
+    "swiglu": (F.silu, True),
+}
+
+
+class MLP(nn.Module):
+    """The position-wise feed-forward network: up-project, activate (gated or not), down."""
+
+    def __init__(
+        self, d_model: int, d_ff: int, *, bias: bool, dropout: float, activation: str = "gelu"
+    ) -> None:
         super().__init__()
+        self.act, gated = ACTIVATIONS[activation]
         self.up_proj = nn.Linear(d_model, d_ff, bias=bias)
+        self.gate_proj = nn.Linear(d_model, d_ff, bias=bias) if gated else None
         self.down_proj = nn.Linear(d_ff, d_model, bias=bias)
         self.dropout = dropout_or_identity(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.down_proj(F.gelu(self.up_proj(x), approximate="tanh")))
+        if self.gate_proj is None:
+            h = self.act(self.up_proj(x))  # (B, T, F)
+        else:
+            h = self.act(self.gate_proj(x)) * self.up_proj(x)  # (B, T, F)
+        return self.dropout(self.down_proj(h))
 
 
 class Block(nn.Module):
@@ -194,15 +286,30 @@ class Block(nn.Module):
         bias: bool,
         dropout: float,
         layer_idx: int,
+        norm: str = "layernorm",
+        norm_eps: float = 1e-5,
+        qk_norm: bool = False,
+        activation: str = "gelu",
     ) -> None:
         super().__init__()
-        self.norm_attn = LayerNorm(d_model, bias=bias)
+        self.norm_attn = NORMS[norm](d_model, bias=bias, eps=norm_eps)
         self.attn = CausalSelfAttention(
-            d_model, n_heads, n_kv_heads, bias=bias, dropout=dropout, layer_idx=layer_idx
+            d_model,
+            n_heads,
+            n_kv_heads,
+            bias=bias,
+            dropout=dropout,
+            layer_idx=layer_idx,
+            qk_norm=norm if qk_norm else None,
         )
-        self.norm_mlp = LayerNorm(d_model, bias=bias)
-        self.mlp = MLP(d_model, d_ff, bias=bias, dropout=dropout)
+        self.norm_mlp = NORMS[norm](d_model, bias=bias, eps=norm_eps)
+        self.mlp = MLP(d_model, d_ff, bias=bias, dropout=dropout, activation=activation)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.attn(self.norm_attn(x), cache)
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: KVCache | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.norm_attn(x), cache, rope)
         return x + self.mlp(self.norm_mlp(x))

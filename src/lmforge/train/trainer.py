@@ -24,12 +24,12 @@ import torch.nn.functional as F
 from lmforge.config import ConfigError, apply_overrides, from_dict, load_toml, to_dict
 from lmforge.data.loader import TokenWindows
 from lmforge.io import write_json_atomic
-from lmforge.model.gpt import GPT, GPTConfig
+from lmforge.model.gpt import GPT, PRESETS, GPTConfig, depth_dial
 from lmforge.tokenizer.encode import read_token_meta
 from lmforge.tokenizer.tokenizer import load_tokenizer
 from lmforge.train import checkpoint as ckpt
 from lmforge.train.optim import OptimConfig, build_optimizer
-from lmforge.train.schedule import ScheduleConfig, lr_at
+from lmforge.train.schedule import ScheduleConfig, lr_factor
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,10 @@ class DataConfig:
 
 @dataclass(kw_only=True)
 class TrainConfig:
-    max_steps: int = 2000
+    max_steps: int = 2000  # with max_time_s: an upper bound
+    # Train for this many seconds (evaluation and checkpoints not counted) and stretch the
+    # LR schedule to end there, re-estimating the number of steps from the speed so far.
+    max_time_s: float = 0.0
     batch_size: int = 32  # sequences per micro-batch
     grad_accum_steps: int = 1  # micro-batches per optimizer step
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
@@ -66,6 +69,8 @@ class TrainConfig:
         for name in ("max_steps", "batch_size", "grad_accum_steps", "eval_interval"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"train.{name} must be positive, got {getattr(self, name)}")
+        if self.max_time_s < 0:
+            raise ValueError(f"train.max_time_s must be >= 0 (0 = no limit), got {self.max_time_s}")
 
 
 @dataclass(kw_only=True)
@@ -80,14 +85,43 @@ class RunConfig:
 def load_run_config(
     recipe: str | Path | None = None, overrides: dict[str, Any] | None = None
 ) -> RunConfig:
-    """A RunConfig from a TOML recipe (or the defaults) with `section.field` overrides."""
+    """A RunConfig from a TOML recipe (or the defaults) with `section.field` overrides.
+
+    Two shorthands in `[model]` expand before the fields are read, and fields given
+    explicitly win over what they expand to: `preset` (a name from `model.gpt.PRESETS`) and
+    `depth` (the one-dial family of `model.gpt.depth_dial`, which also sets `optim.lr`).
+    """
     data = load_toml(recipe) if recipe else {}
     data = apply_overrides(data, overrides or {})
     where = str(recipe) if recipe else "defaults"
     try:
-        return from_dict(RunConfig, data)
+        return from_dict(RunConfig, expand_model_shorthands(data))
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
+
+
+def expand_model_shorthands(data: dict[str, Any]) -> dict[str, Any]:
+    """Replace `model.preset` and `model.depth` by the fields they stand for."""
+    model = dict(data.get("model", {}))
+    expanded: dict[str, Any] = {}
+    preset = model.pop("preset", None)
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"model.preset={preset!r} is not one of {sorted(PRESETS)}")
+        expanded.update(PRESETS[preset])
+    depth = model.pop("depth", None)
+    optim = dict(data.get("optim", {}))
+    if depth is not None:
+        model_fields, lr = depth_dial(_coerce_int(depth, "model.depth"))
+        expanded.update(model_fields)
+        optim.setdefault("lr", lr)
+    return {**data, "model": {**expanded, **model}, "optim": optim}
+
+
+def _coerce_int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{where}: got {value!r}, expected a positive integer")
+    return value
 
 
 def resolve_device(name: str) -> torch.device:
@@ -313,15 +347,22 @@ def train(
     config_dict["tokenizer"] = {"kind": tokenizer.kind, "fingerprint": tokenizer.fingerprint}
     write_json_atomic(run_dir / "config.json", config_dict)
 
-    start_step, best_val, tokens_seen, elapsed_before = 0, math.inf, 0, 0.0
+    start_step, best_val, tokens_seen, elapsed_before, train_s = 0, math.inf, 0, 0.0, 0.0
     if resume:
         src = ckpt.checkpoint_dir(run_dir, "last")
         ckpt.load_model_weights(model, src / "model.safetensors")
+        # The optimizer state comes from the checkpoint, but each group's peak LR from this
+        # run's config: a resume with a new --optim.lr means it (and older checkpoints
+        # have no initial_lr at all).
+        peak_lrs = [group["initial_lr"] for group in optimizer.param_groups]
         state = ckpt.load_train_state(src, optimizer)
+        for group, peak in zip(optimizer.param_groups, peak_lrs, strict=True):
+            group["initial_lr"] = peak
         start_step = state["step"]
         best_val = state.get("best_val_loss", math.inf)
         tokens_seen = state.get("tokens_seen", 0)
         elapsed_before = state.get("elapsed_s", 0.0)
+        train_s = state.get("train_s", 0.0)
         log.info("resumed %s at step %d", src, start_step)
     metrics = MetricsLog(run_dir, resume_step=start_step if resume else None)
 
@@ -358,6 +399,7 @@ def train(
                 "best_val_loss": best_val,
                 "tokens_seen": tokens_seen,
                 "elapsed_s": elapsed_before + (time.perf_counter() - t_start),
+                "train_s": train_s,
             },
             is_best=is_best,
             keep=tc.keep_checkpoints,
@@ -374,10 +416,15 @@ def train(
     t_start = time.perf_counter()
     t_window, steps_window, last_loss, val_loss = time.perf_counter(), 0, math.nan, math.nan
     window_loss, loss_steps = torch.zeros((), device=device), 0  # since the last log line
+    horizon = tc.max_steps  # the step the LR schedule ends at
+    done = start_step
+    session_s = 0.0  # training seconds in this process (a resumed run's speed may differ)
     for step in range(start_step, tc.max_steps):
-        lr = lr_at(step, cfg.optim.lr, tc.max_steps, cfg.schedule)
+        t_step = time.perf_counter()
+        factor = lr_factor(step, horizon, cfg.schedule)
+        lr = cfg.optim.lr * factor  # what the log shows: AdamW's LR (Muon groups have their own)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = group["initial_lr"] * factor
         for micro in range(tc.grad_accum_steps):
             x, y = train_windows.batch(
                 tc.batch_size, seed=tc.seed, step=step * tc.grad_accum_steps + micro
@@ -398,8 +445,17 @@ def train(
         steps_window += 1
         loss_steps += 1
         done = step + 1
+        step_s = time.perf_counter() - t_step
+        train_s += step_s
+        session_s += step_s
+        if tc.max_time_s:
+            per_step = session_s / (done - start_step)
+            horizon = min(tc.max_steps, done + int((tc.max_time_s - train_s) / per_step))
+            if bar is not None:
+                bar.total = horizon
+        last = done >= horizon or bool(tc.max_time_s and train_s >= tc.max_time_s)
 
-        if done % tc.log_interval == 0 or done == tc.max_steps:
+        if done % tc.log_interval == 0 or last:
             # The mean over the steps since the last log line: one step's loss is noisy.
             last_loss = window_loss.item() / (loss_steps * tc.grad_accum_steps)
             window_loss.zero_()
@@ -421,13 +477,14 @@ def train(
                     "tokens_per_s": tok_s,
                     "mfu": mfu,
                     "elapsed_s": elapsed_before + time.perf_counter() - t_start,
+                    "train_s": train_s,
                 }
             )
             if bar is not None:
                 bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{mfu:.1%}")
             t_window, steps_window = time.perf_counter(), 0
 
-        at_eval = done % tc.eval_interval == 0 or done == tc.max_steps
+        at_eval = done % tc.eval_interval == 0 or last
         at_ckpt = tc.checkpoint_interval and done % tc.checkpoint_interval == 0
         if at_eval:
             val_loss = run_eval(done)
@@ -442,6 +499,8 @@ def train(
             t_window, steps_window = time.perf_counter(), 0
         if bar is not None:
             bar.update(1)
+        if last:
+            break
     if bar is not None:
         bar.close()
     metrics.close()
@@ -449,12 +508,13 @@ def train(
     plot_losses(metrics.path, run_dir / "loss.png")
     return {
         "run_dir": str(run_dir),
-        "steps": tc.max_steps,
+        "steps": done,
         "tokens_seen": tokens_seen,
         "final_val_loss": val_loss,
         "best_val_loss": best_val,
         "train_loss": last_loss,
         "elapsed_s": elapsed,
+        "train_seconds": train_s,
         "params": model.num_params(),
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),

@@ -1,0 +1,107 @@
+"""Validation loss reached within a fixed wall-clock budget: lmforge's best CPU recipe against
+lmforge configured as nanoGPT's CPU recipe, trained in the same run on the same data.
+
+The baseline (recipes/nanogpt-cpu.toml: 4 layers, 4 heads, 128 wide, context 64, batch 12,
+lr 1e-3, 2000 iterations, no dropout) runs first; its training wall time becomes the budget
+that the fast recipe (recipes/shakespeare-char-fast.toml) gets, through `train.max_time_s`.
+Budgets count training steps only: evaluation runs once, at the end, on the whole validation
+split. The Tiny Shakespeare split is nanoGPT's: the last 10% of the file is validation.
+
+With `--bpe`, the same comparison runs on a byte-level BPE tokenizer (4096 tokens) over
+TinyStories and a Wikipedia sample from ../shared/data, and reports bits per byte, which
+does not depend on the tokenizer.
+
+    python benchmarks/time_to_quality.py                 # char-level Tiny Shakespeare (~4 min)
+    python benchmarks/time_to_quality.py --bpe           # also TinyStories and Wikipedia BPE
+    python benchmarks/time_to_quality.py --budget 113    # a fixed budget instead
+
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from lmforge.corpora import corpus_path
+from lmforge.data.prepare import PrepareConfig, prepare_corpus
+from lmforge.tokenizer.encode import encode_data
+from lmforge.tokenizer.tokenizer import TokenizerConfig, train_tokenizer_from_data
+from lmforge.train.trainer import load_run_config, train
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+BASELINE = ROOT / "recipes" / "nanogpt-cpu.toml"
+FAST = ROOT / "recipes" / "shakespeare-char-fast.toml"
+
+
+def make_tokens(inputs: list[Path], work: Path, kind: str, vocab_size: int) -> Path:
+    """Prepare (last 10% for validation), train a tokenizer, encode; return the tokens dir."""
+    prepare_corpus(inputs, work / "data", PrepareConfig(val_fraction=0.1, test_fraction=0.0))
+    cfg = TokenizerConfig(kind=kind, vocab_size=vocab_size)
+    train_tokenizer_from_data(work / "data", work / "tokenizer", cfg)
+    encode_data(work / "data", work / "tokenizer", work / "tokens")
+    return work / "tokens"
+
+
+def run(recipe: Path, tokens: Path, out: Path, overrides: dict) -> dict:
+    """Train with evaluation only at the end; return val loss, bpb and training seconds."""
+    cfg = load_run_config(
+        recipe,
+        {"data.tokens": str(tokens), "train.log_interval": 100, **overrides},
+    )
+    cfg.train.eval_interval = 10**9  # the run evaluates once, when it ends
+    summary = train(cfg, out, progress=False)
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    final = [m for m in metrics if "val_loss" in m][-1]
+    return {
+        "recipe": recipe.name,
+        "val_loss": round(final["val_loss"], 4),
+        "val_bpb": round(final.get("val_bpb", float("nan")), 4),
+        "train_seconds": round(summary["train_seconds"], 1),
+        "steps": summary["steps"],
+        "tokens_seen": summary["tokens_seen"],
+    }
+
+
+def compare(name: str, tokens: Path, work: Path, budget: float | None, extra: dict) -> dict:
+    baseline = run(BASELINE, tokens, work / f"{name}-baseline", extra)
+    seconds = budget or baseline["train_seconds"]
+    fast = run(FAST, tokens, work / f"{name}-fast", {"train.max_time_s": seconds, **extra})
+    return {"budget_s": round(seconds, 1), "baseline": baseline, "fast": fast}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--budget", type=float, help="seconds (default: the baseline's time)")
+    parser.add_argument("--bpe", action="store_true", help="also TinyStories and Wikipedia BPE")
+    args = parser.parse_args()
+    result: dict = {
+        "benchmark": "time_to_quality",
+        "date": time.strftime("%Y-%m-%d"),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        chars = make_tokens([corpus_path("tinyshakespeare")], work / "shakespeare", "char", 4096)
+        result["shakespeare_char"] = compare("char", chars, work, args.budget, {})
+        if args.bpe:
+            for name, files in (
+                ("tinystories_bpe", [SHARED / "tinystories" / "tinystories_sample.txt"]),
+                ("wikipedia_bpe", [SHARED / "wikipedia-sample" / "wiki_demo.txt"]),
+            ):
+                tokens = make_tokens(files, work / name, "bpe", 4096)
+                result[name] = compare(name, tokens, work, args.budget, {})
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
