@@ -323,3 +323,11 @@ def test_muon_resume_continues_exactly(tmp_path, tiny_tokens):
     train(cfg, cut, resume=True, progress=False)
     assert losses(cut) == losses(full)  # steps 1-4 kept, 5-8 recomputed: bit-identical
     assert losses(cut, "val_loss") == losses(full, "val_loss")
+
+
+def test_batched_orthogonalize_equals_one_matrix_at_a_time():
+    torch.manual_seed(0)
+    stack = torch.randn(3, 24, 40)
+    batched = orthogonalize(stack)
+    for i in range(3):
+        torch.testing.assert_close(batched[i], orthogonalize(stack[i]), atol=1e-5, rtol=1e-4)
