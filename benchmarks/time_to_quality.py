@@ -95,7 +95,7 @@ def main() -> None:
         result["shakespeare_char"] = compare("char", chars, work, args.budget, {})
         if args.bpe:
             for name, files in (
-                ("tinystories_bpe", [SHARED / "tinystories" / "tinystories_sample.txt"]),
+                ("tinystories_bpe", [SHARED / "tinystories" / "tinystories_validation_export.txt"]),
                 ("wikipedia_bpe", [SHARED / "wikipedia-sample" / "wiki_demo.txt"]),
             ):
                 tokens = make_tokens(files, work / name, "bpe", 4096)
