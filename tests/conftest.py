@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,19 @@ TINY_OVERRIDES = {
     "optim.lr": 3e-3,
     "schedule.warmup_steps": 2,
 }
+
+
+def losses(run_dir: Path, key: str = "loss") -> dict[int, float]:
+    """{step: value} of one metric from a run's metrics.jsonl."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r[key] for r in map(json.loads, lines) if key in r}
+
+
+def config(tokens: Path, **extra):
+    """The tiny run config on `tokens`, with `section.field` overrides."""
+    from lmforge.train.trainer import load_run_config
+
+    return load_run_config(None, {"data.tokens": str(tokens), **TINY_OVERRIDES, **extra})
 
 
 @pytest.fixture(scope="session")

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 
 import pytest
 import torch
 
-from conftest import TINY_OVERRIDES
+from conftest import config, losses
 from lmforge.model.gpt import GPT, GPTConfig
 from lmforge.train.optim import (
     MuonWithAdamW,
@@ -256,15 +255,6 @@ def test_adamw_part_matches_torch_adamw():
 # Training with each optimizer
 
 
-def losses(run_dir, key="loss"):
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return {r["step"]: r[key] for r in map(json.loads, lines) if key in r}
-
-
-def config(tokens, **extra):
-    return load_run_config(None, {"data.tokens": str(tokens), **TINY_OVERRIDES, **extra})
-
-
 @pytest.mark.parametrize(
     "optim",
     [
@@ -296,33 +286,6 @@ def test_muon_logs_adamw_lr_and_schedules_its_own(tmp_path, tiny_tokens):
     state = json.loads((tmp_path / "checkpoints" / "step-0000002" / "train_state.json").read_text())
     groups = state["optimizer"]["param_groups"]
     assert [g["lr"] for g in groups if g["use_muon"]] == [pytest.approx(0.04)]
-
-
-def test_muon_resume_continues_exactly(tmp_path, tiny_tokens):
-    overrides = {
-        "optim.name": "muon",
-        "train.max_steps": 8,
-        "train.log_interval": 1,
-        "train.checkpoint_interval": 4,
-        "train.keep_checkpoints": 5,
-        "train.eval_interval": 8,
-    }
-    cfg = config(tiny_tokens, **overrides)
-    full = tmp_path / "full"
-    train(cfg, full, progress=False)
-
-    # A run that stopped after its step-4 checkpoint: copy that checkpoint alone.
-    cut = tmp_path / "cut"
-    shutil.copytree(full, cut)
-    for path in (cut / "checkpoints").glob("step-*"):
-        if path.name != "step-0000004":
-            shutil.rmtree(path)
-    index = {"last": "step-0000004", "best": "step-0000004", "history": ["step-0000004"]}
-    (cut / "checkpoints" / "index.json").write_text(json.dumps(index))
-
-    train(cfg, cut, resume=True, progress=False)
-    assert losses(cut) == losses(full)  # steps 1-4 kept, 5-8 recomputed: bit-identical
-    assert losses(cut, "val_loss") == losses(full, "val_loss")
 
 
 def test_batched_orthogonalize_equals_one_matrix_at_a_time():

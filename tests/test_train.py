@@ -8,19 +8,10 @@ import shutil
 
 import pytest
 
-from conftest import TINY_OVERRIDES
+from conftest import config, losses
 from lmforge.config import ConfigError
 from lmforge.train.schedule import ScheduleConfig, lr_at
 from lmforge.train.trainer import load_run_config, train
-
-
-def losses(run_dir, key="loss"):
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return {r["step"]: r[key] for r in map(json.loads, lines) if key in r}
-
-
-def config(tokens, **extra):
-    return load_run_config(None, {"data.tokens": str(tokens), **TINY_OVERRIDES, **extra})
 
 
 def test_loss_falls_and_artifacts_exist(tiny_run):
@@ -44,15 +35,19 @@ def test_same_seed_same_losses(tmp_path, tiny_tokens):
     assert losses(tmp_path / "a") == losses(tmp_path / "b")
 
 
-@pytest.mark.parametrize("dropout", [0.0, 0.1])
-def test_resume_continues_exactly(tmp_path, tiny_tokens, dropout):
+@pytest.mark.parametrize(
+    "variant",
+    [{"model.dropout": 0.0}, {"model.dropout": 0.1}, {"optim.name": "muon"}],
+    ids=["no-dropout", "dropout", "muon"],
+)
+def test_resume_continues_exactly(tmp_path, tiny_tokens, variant):
     overrides = {
         "train.max_steps": 12,
         "train.log_interval": 1,
         "train.checkpoint_interval": 6,
         "train.keep_checkpoints": 5,
         "train.grad_accum_steps": 2,
-        "model.dropout": dropout,
+        **variant,
     }
     cfg = config(tiny_tokens, **overrides)
     full = tmp_path / "full"
