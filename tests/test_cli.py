@@ -160,3 +160,16 @@ def test_model_info_command(capsys):
     assert code == 0 and info["params"]["by_group"]["attention"] == 2 * (4 * 128 * 128 + 512)
     code, _, err = run_cli(capsys, "model", "info", "--recipe", RECIPES / "nanogpt-cpu.toml")
     assert code == 2 and "--vocab-size" in err
+
+
+def test_resume_from_the_command_line_reuses_the_runs_config(tmp_path, tiny_tokens, capsys):
+    run = tmp_path / "run"
+    args = ["train", "--out", run, "--no-progress", "--data.tokens", tiny_tokens]
+    code, _, err = run_cli(capsys, *args, *overrides(**{"train.max_steps": 4}))
+    assert code == 0, err
+    # No recipe and no model flags: the run's own config.json is the starting point.
+    code, out, err = run_cli(
+        capsys, "train", "--out", run, "--resume", "--no-progress", "--train.max_steps", "6"
+    )
+    assert code == 0, err
+    assert "trained 6 steps" in out

@@ -160,3 +160,23 @@ def test_time_budget_stops_training_and_ends_the_schedule(tmp_path, tiny_tokens)
     peak = cfg.optim.lr
     assert lrs[-1] < 0.3 * peak  # the cosine was stretched to end at the budget, not at 100k
     assert math.isfinite(summary["final_val_loss"])
+
+
+def test_resume_survives_a_torn_metrics_line_and_refuses_another_model(tmp_path, tiny_tokens):
+    cfg = config(tiny_tokens, **{"train.max_steps": 4, "train.log_interval": 1})
+    run = tmp_path / "r"
+    train(cfg, run, progress=False)
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 5, "lo')  # the crash cut this line short
+    longer = config(tiny_tokens, **{"train.max_steps": 6, "train.log_interval": 1})
+    train(longer, run, resume=True, progress=False)
+    assert sorted(losses(run)) == [1, 2, 3, 4, 5, 6]
+    wider = config(tiny_tokens, **{"train.max_steps": 8, "model.d_model": 64})
+    with pytest.raises(ConfigError, match="other model settings.*d_model"):
+        train(wider, run, resume=True, progress=False)
+    assert json.loads((run / "config.json").read_text())["model"]["d_model"] == 32  # untouched
+
+
+def test_bad_intervals_are_refused():
+    with pytest.raises(ConfigError, match="log_interval must be positive"):
+        load_run_config(None, {"train.log_interval": 0})

@@ -167,7 +167,12 @@ def cmd_tokenizer_encode(a: argparse.Namespace) -> int:
 def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", help="a TOML recipe (see recipes/); defaults apply without one")
     p.add_argument("--out", required=True, help="the run directory")
-    p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the run's last checkpoint (without --recipe: with the run's own "
+        "config.json)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.epilog = (
         "Any recipe field can be overridden as --SECTION.FIELD VALUE, for example "
@@ -207,7 +212,11 @@ def parse_overrides(extra: Sequence[str]) -> dict[str, Any]:
 def cmd_train(a: argparse.Namespace) -> int:
     from lmforge.train.trainer import load_run_config, train
 
-    cfg = load_run_config(a.recipe, parse_overrides(a.extra))
+    base = None
+    saved = Path(a.out) / "config.json"
+    if a.resume and not a.recipe and saved.exists():
+        base = json.loads(saved.read_text(encoding="utf-8"))  # continue the run as it was set up
+    cfg = load_run_config(a.recipe, parse_overrides(a.extra), base=base)
     summary = train(cfg, a.out, resume=a.resume, progress=not a.no_progress)
     print(
         f"trained {summary['steps']} steps ({summary['tokens_seen']:,} tokens) in "

@@ -153,6 +153,7 @@ def stream_text(
     emitted = 0
     text = ""
     finish = "length"
+    cut = -1  # where a stop string begins in the text, once one has
     for token in generate_ids(model, prompt_ids, cfg, eos_id=tokenizer.eos_id):
         if cfg.stop_at_eos and token == tokenizer.eos_id:
             finish = "stop"
@@ -171,7 +172,7 @@ def stream_text(
         if safe > emitted:
             yield text[emitted:safe]
             emitted = safe
-    if finish == "length":
+    if cut < 0:  # a stop string already ended the text; otherwise flush a split character
         text += utf8.decode(b"", final=True)
     if len(text) > emitted:
         yield text[emitted:]

@@ -56,7 +56,7 @@ class GPTConfig:
             # A gated MLP has three matrices instead of two: 8/3 keeps the parameter count.
             gated = self.mlp == "swiglu"
             self.d_ff = -(-8 * self.d_model // 3 // 32) * 32 if gated else 4 * self.d_model
-        for name in ("n_layers", "n_heads", "d_model", "max_seq_len"):
+        for name in ("n_layers", "n_heads", "n_kv_heads", "d_model", "d_ff", "max_seq_len"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
         if self.vocab_size < 0:

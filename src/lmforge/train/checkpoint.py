@@ -122,14 +122,18 @@ def save_checkpoint(
     ckpt_root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:07d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=ckpt_root))
-    save_file(model_state(model), str(tmp / "model.safetensors"))
-    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    if optimizer is not None:
-        tensors, meta = _optimizer_tensors(optimizer)
-        tensors["rng.torch"] = torch.get_rng_state()
-        save_file(tensors, str(tmp / "train_state.safetensors"))
-        state = dict(train_state or {}, step=step, optimizer=meta)
-        (tmp / "train_state.json").write_text(json.dumps(state, indent=2) + "\n", "utf-8")
+    try:
+        save_file(model_state(model), str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        if optimizer is not None:
+            tensors, meta = _optimizer_tensors(optimizer)
+            tensors["rng.torch"] = torch.get_rng_state()
+            save_file(tensors, str(tmp / "train_state.safetensors"))
+            state = dict(train_state or {}, step=step, optimizer=meta)
+            (tmp / "train_state.json").write_text(json.dumps(state, indent=2) + "\n", "utf-8")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a half-written copy must not pile up
+        raise
     final = ckpt_root / name
     if final.exists():
         shutil.rmtree(final)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from lmforge.config import ConfigError, apply_overrides, from_dict, load_toml, to_dict
 from lmforge.data.loader import TokenWindows
-from lmforge.io import write_json_atomic
+from lmforge.io import write_json_atomic, write_text_atomic
 from lmforge.model.gpt import GPT, PRESETS, GPTConfig, depth_dial
 from lmforge.tokenizer.encode import read_token_meta
 from lmforge.tokenizer.tokenizer import load_tokenizer
@@ -66,9 +66,20 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads on CPU; 0 = PyTorch's default
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "batch_size", "grad_accum_steps", "eval_interval"):
+        for name in (
+            "max_steps",
+            "batch_size",
+            "grad_accum_steps",
+            "eval_interval",
+            "log_interval",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"train.{name} must be positive, got {getattr(self, name)}")
+        if self.checkpoint_interval < 0:
+            raise ValueError(
+                f"train.checkpoint_interval must be >= 0 (0 = at evaluations), "
+                f"got {self.checkpoint_interval}"
+            )
         if self.max_time_s < 0:
             raise ValueError(f"train.max_time_s must be >= 0 (0 = no limit), got {self.max_time_s}")
 
@@ -83,15 +94,20 @@ class RunConfig:
 
 
 def load_run_config(
-    recipe: str | Path | None = None, overrides: dict[str, Any] | None = None
+    recipe: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    base: dict[str, Any] | None = None,
 ) -> RunConfig:
     """A RunConfig from a TOML recipe (or the defaults) with `section.field` overrides.
 
     Two shorthands in `[model]` expand before the fields are read, and fields given
     explicitly win over what they expand to: `preset` (a name from `model.gpt.PRESETS`) and
     `depth` (the one-dial family of `model.gpt.depth_dial`, which also sets `optim.lr`).
+    `base` (a saved config.json) stands in for the recipe when resuming without one.
     """
-    data = load_toml(recipe) if recipe else {}
+    data = load_toml(recipe) if recipe else dict(base or {})
+    data.pop("tokenizer", None)  # recorded in config.json for reference, not a setting
     data = apply_overrides(data, overrides or {})
     where = str(recipe) if recipe else "defaults"
     try:
@@ -217,6 +233,14 @@ def evaluate_loss(
     return out
 
 
+def _metric_step(line: str) -> float:
+    """The step of a metrics.jsonl line, or infinity for a line that is not a whole record."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
+
+
 class MetricsLog:
     """Metrics to `metrics.jsonl` and TensorBoard (`tb/`) in the run directory."""
 
@@ -227,12 +251,13 @@ class MetricsLog:
         elif self.path.exists():
             # Drop what a crashed run logged after its last checkpoint: the resumed run
             # logs those steps again.
+            # A line cut short by the crash is dropped too.
             kept = [
                 line
                 for line in self.path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line)["step"] <= resume_step
+                if _metric_step(line) <= resume_step
             ]
-            self.path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+            write_text_atomic(self.path, "".join(k + "\n" for k in kept))
         self._tb = None
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -345,11 +370,19 @@ def train(
     optimizer = build_optimizer(model, cfg.optim, device.type)
     config_dict = to_dict(cfg)
     config_dict["tokenizer"] = {"kind": tokenizer.kind, "fingerprint": tokenizer.fingerprint}
-    write_json_atomic(run_dir / "config.json", config_dict)
 
     start_step, best_val, tokens_seen, elapsed_before, train_s = 0, math.inf, 0, 0.0, 0.0
     if resume:
         src = ckpt.checkpoint_dir(run_dir, "last")
+        saved_model = ckpt.read_config(src).get("model", {})
+        changed = sorted(k for k, v in config_dict["model"].items() if saved_model.get(k) != v)
+        if saved_model and changed:
+            raise ConfigError(
+                f"--resume: {src.name} was trained with other model settings "
+                f"({', '.join(changed)}); resume with the recipe the run started with, or with "
+                "none at all to reuse "
+                f"{run_dir / 'config.json'}"
+            )
         ckpt.load_model_weights(model, src / "model.safetensors")
         # The optimizer state comes from the checkpoint, but each group's peak LR from this
         # run's config: a resume with a new --optim.lr means it (and older checkpoints
@@ -364,6 +397,7 @@ def train(
         elapsed_before = state.get("elapsed_s", 0.0)
         train_s = state.get("train_s", 0.0)
         log.info("resumed %s at step %d", src, start_step)
+    write_json_atomic(run_dir / "config.json", config_dict)
     metrics = MetricsLog(run_dir, resume_step=start_step if resume else None)
 
     step_fn = torch.compile(model) if tc.compile else model
@@ -386,6 +420,11 @@ def train(
         if "bits_per_byte" in result:
             record["val_bpb"] = result["bits_per_byte"]
         metrics.write(record)
+        if not math.isfinite(result["loss"]):
+            raise FloatingPointError(
+                f"val loss became {result['loss']} at step {step}; nothing was saved. Lower "
+                "optim.lr or enable train.grad_clip, then resume from the last checkpoint"
+            )
         return result["loss"]
 
     def save(step: int, *, is_best: bool) -> None:
@@ -419,91 +458,97 @@ def train(
     horizon = tc.max_steps  # the step the LR schedule ends at
     done = start_step
     session_s = 0.0  # training seconds in this process (a resumed run's speed may differ)
-    for step in range(start_step, tc.max_steps):
-        t_step = time.perf_counter()
-        factor = lr_factor(step, horizon, cfg.schedule)
-        lr = cfg.optim.lr * factor  # what the log shows: AdamW's LR (Muon groups have their own)
-        for group in optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * factor
-        for micro in range(tc.grad_accum_steps):
-            x, y = train_windows.batch(
-                tc.batch_size, seed=tc.seed, step=step * tc.grad_accum_steps + micro
-            )
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with autocast:
-                logits = step_fn(x)
-                loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
-            scaler.scale(loss / tc.grad_accum_steps).backward()
-            window_loss += loss.detach()
-        if tc.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        tokens_seen += tokens_per_step
-        steps_window += 1
-        loss_steps += 1
-        done = step + 1
-        step_s = time.perf_counter() - t_step
-        train_s += step_s
-        session_s += step_s
-        if tc.max_time_s:
-            per_step = session_s / (done - start_step)
-            horizon = min(tc.max_steps, done + int((tc.max_time_s - train_s) / per_step))
-            if bar is not None:
-                bar.total = horizon
-        last = done >= horizon or bool(tc.max_time_s and train_s >= tc.max_time_s)
-
-        if done % tc.log_interval == 0 or last:
-            # The mean over the steps since the last log line: one step's loss is noisy.
-            last_loss = window_loss.item() / (loss_steps * tc.grad_accum_steps)
-            window_loss.zero_()
-            loss_steps = 0
-            if not math.isfinite(last_loss):
-                raise FloatingPointError(
-                    f"loss became {last_loss} at step {done}; lower optim.lr or enable "
-                    "train.grad_clip"
+    try:
+        for step in range(start_step, tc.max_steps):
+            t_step = time.perf_counter()
+            factor = lr_factor(step, horizon, cfg.schedule)
+            lr = (
+                cfg.optim.lr * factor
+            )  # what the log shows: AdamW's LR (Muon groups have their own)
+            for group in optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * factor
+            for micro in range(tc.grad_accum_steps):
+                x, y = train_windows.batch(
+                    tc.batch_size, seed=tc.seed, step=step * tc.grad_accum_steps + micro
                 )
-            dt = time.perf_counter() - t_window
-            tok_s = steps_window * tokens_per_step / dt
-            mfu = steps_window * flops_per_step / dt / peak if peak else 0.0
-            metrics.write(
-                {
-                    "step": done,
-                    "loss": last_loss,
-                    "lr": lr,
-                    "tokens": tokens_seen,
-                    "tokens_per_s": tok_s,
-                    "mfu": mfu,
-                    "elapsed_s": elapsed_before + time.perf_counter() - t_start,
-                    "train_s": train_s,
-                }
-            )
-            if bar is not None:
-                bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{mfu:.1%}")
-            t_window, steps_window = time.perf_counter(), 0
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with autocast:
+                    logits = step_fn(x)
+                    loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
+                scaler.scale(loss / tc.grad_accum_steps).backward()
+                window_loss += loss.detach()
+            if tc.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            tokens_seen += tokens_per_step
+            steps_window += 1
+            loss_steps += 1
+            done = step + 1
+            step_s = time.perf_counter() - t_step
+            train_s += step_s
+            session_s += step_s
+            if tc.max_time_s:
+                per_step = session_s / (done - start_step)
+                horizon = min(tc.max_steps, done + int((tc.max_time_s - train_s) / per_step))
+                if bar is not None:
+                    bar.total = horizon
+            last = done >= horizon or bool(tc.max_time_s and train_s >= tc.max_time_s)
 
-        at_eval = done % tc.eval_interval == 0 or last
-        at_ckpt = tc.checkpoint_interval and done % tc.checkpoint_interval == 0
-        if at_eval:
-            val_loss = run_eval(done)
-            is_best = val_loss < best_val
-            best_val = min(best_val, val_loss)
+            if done % tc.log_interval == 0 or last:
+                # The mean over the steps since the last log line: one step's loss is noisy.
+                last_loss = window_loss.item() / (loss_steps * tc.grad_accum_steps)
+                window_loss.zero_()
+                loss_steps = 0
+                if not math.isfinite(last_loss):
+                    raise FloatingPointError(
+                        f"loss became {last_loss} at step {done}; lower optim.lr or enable "
+                        "train.grad_clip"
+                    )
+                dt = time.perf_counter() - t_window
+                tok_s = steps_window * tokens_per_step / dt
+                mfu = steps_window * flops_per_step / dt / peak if peak else 0.0
+                metrics.write(
+                    {
+                        "step": done,
+                        "loss": last_loss,
+                        "lr": lr,
+                        "tokens": tokens_seen,
+                        "tokens_per_s": tok_s,
+                        "mfu": mfu,
+                        "elapsed_s": elapsed_before + time.perf_counter() - t_start,
+                        "train_s": train_s,
+                    }
+                )
+                if bar is not None:
+                    bar.set_postfix(
+                        loss=f"{last_loss:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{mfu:.1%}"
+                    )
+                t_window, steps_window = time.perf_counter(), 0
+
+            at_eval = done % tc.eval_interval == 0 or last
+            at_ckpt = tc.checkpoint_interval and done % tc.checkpoint_interval == 0
+            if at_eval:
+                val_loss = run_eval(done)
+                is_best = val_loss < best_val
+                best_val = min(best_val, val_loss)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{last_loss:.3f}", val=f"{val_loss:.3f}")
+                save(done, is_best=is_best)
+                t_window, steps_window = time.perf_counter(), 0
+            elif at_ckpt:
+                save(done, is_best=False)
+                t_window, steps_window = time.perf_counter(), 0
             if bar is not None:
-                bar.set_postfix(loss=f"{last_loss:.3f}", val=f"{val_loss:.3f}")
-            save(done, is_best=is_best)
-            t_window, steps_window = time.perf_counter(), 0
-        elif at_ckpt:
-            save(done, is_best=False)
-            t_window, steps_window = time.perf_counter(), 0
+                bar.update(1)
+            if last:
+                break
+    finally:  # also on an error or Ctrl-C: flush TensorBoard, end the progress bar
         if bar is not None:
-            bar.update(1)
-        if last:
-            break
-    if bar is not None:
-        bar.close()
-    metrics.close()
+            bar.close()
+        metrics.close()
     elapsed = elapsed_before + time.perf_counter() - t_start
     plot_losses(metrics.path, run_dir / "loss.png")
     return {
