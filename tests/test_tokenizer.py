@@ -239,3 +239,17 @@ def test_encode_errors(data_dir, tmp_path, toks):
 def test_token_dtype():
     assert token_dtype(65536) == np.dtype("<u2")
     assert token_dtype(65537) == np.dtype("<u4")
+
+
+def test_encoding_again_removes_shards_no_longer_listed(tmp_path):
+    tok = train_tokenizer([], TokenizerConfig(kind="byte"))
+    tok.save(tmp_path / "tok")
+    data = tmp_path / "data"
+    data.mkdir()
+    for split in ("train", "val"):
+        (data / f"{split}-00000.jsonl").write_text(json.dumps({"text": f"{split} text"}) + "\n")
+    out = tmp_path / "tokens"
+    out.mkdir()
+    (out / "train-00007.bin").write_bytes(b"\x00\x00")  # left by an earlier, larger run
+    encode_data(data, tmp_path / "tok", out, workers=1)
+    assert sorted(p.name for p in out.glob("*.bin")) == ["train-00000.bin", "val-00000.bin"]

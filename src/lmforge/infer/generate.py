@@ -29,6 +29,8 @@ class GenerationConfig:
     stop: tuple[str, ...] = ()  # generation ends before the first of these strings
     seed: int | None = None
     stop_at_eos: bool = True
+    # Past the model's context the cached path slides its window by a quarter at a time and
+    # the uncached one by a token, so the two agree exactly only within the context.
     use_cache: bool = True
 
     def __post_init__(self) -> None:
@@ -65,7 +67,7 @@ def prepare_for_decoding(model: GPT) -> GPT:
 @dataclass
 class Completion:
     text: str
-    token_ids: list[int]
+    token_ids: list[int]  # every generated token, a cut-off stop string's included
     prompt_tokens: int
     finish_reason: str  # "stop" (EOS or a stop string) or "length"
 

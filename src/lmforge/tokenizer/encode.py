@@ -210,6 +210,11 @@ def encode_data(
         "splits": splits_meta,
     }
     write_json_atomic(out_dir / META_FILE, meta)
+    # Shards of an earlier, larger encoding into the same folder are no longer listed: remove.
+    listed = {shard["file"] for m in splits_meta.values() for shard in m["shards"]}
+    for stale in out_dir.glob("*-[0-9][0-9][0-9][0-9][0-9].bin"):
+        if stale.name not in listed:
+            stale.unlink()
     for split, m in splits_meta.items():
         logger.info(
             "%s: %d documents, %d bytes -> %d tokens (%.2f bytes/token) in %d shards",
