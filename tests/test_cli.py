@@ -173,3 +173,11 @@ def test_resume_from_the_command_line_reuses_the_runs_config(tmp_path, tiny_toke
     )
     assert code == 0, err
     assert "trained 6 steps" in out
+
+
+def test_eval_refuses_tokens_from_another_tokenizer(tiny_run, tmp_path, capsys, shakespeare_text):
+    from conftest import make_tokens
+
+    other = make_tokens(tmp_path, shakespeare_text[:20_000], kind="byte")
+    code, _, err = run_cli(capsys, "eval", tiny_run, "--tokens", other)
+    assert code == 2 and "another tokenizer" in err

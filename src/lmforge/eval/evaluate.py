@@ -13,6 +13,7 @@ import torch
 
 from lmforge.data.loader import TokenWindows
 from lmforge.infer.load import load_run
+from lmforge.tokenizer.encode import read_token_meta
 from lmforge.train.trainer import evaluate_loss, resolve_device, resolve_tokens_dir
 
 
@@ -33,6 +34,13 @@ def evaluate_run(
     tokens_dir = (
         Path(tokens) if tokens else resolve_tokens_dir(run.config["data"]["tokens"], run_dir)
     )
+    encoded_with = read_token_meta(tokens_dir)["tokenizer_fingerprint"]
+    if encoded_with != run.tokenizer.fingerprint:
+        raise ValueError(
+            f"the tokens in {tokens_dir} were encoded with another tokenizer than {run_dir}'s; "
+            f"encode the text again with `lmforge tokenizer encode DATA --tokenizer "
+            f"{run_dir / 'tokenizer'} --out DIR` and pass --tokens DIR"
+        )
     windows = TokenWindows(tokens_dir, split, run.model.config.max_seq_len)
     token_bytes = torch.as_tensor(run.tokenizer.token_bytes, dtype=torch.long, device=dev)
     result = evaluate_loss(
