@@ -180,3 +180,18 @@ def test_resume_survives_a_torn_metrics_line_and_refuses_another_model(tmp_path,
 def test_bad_intervals_are_refused():
     with pytest.raises(ConfigError, match="log_interval must be positive"):
         load_run_config(None, {"train.log_interval": 0})
+
+
+def test_non_finite_weights_are_never_checkpointed(tmp_path, tiny_tokens):
+    blow_up = {
+        "optim.lr": 1e9,
+        "train.grad_clip": 0.0,
+        "schedule.warmup_steps": 0,
+        "train.max_steps": 40,
+        "train.log_interval": 40,  # nothing logged before the first checkpoint
+        "train.checkpoint_interval": 20,
+        "train.eval_interval": 40,
+    }
+    with pytest.raises(FloatingPointError, match="nothing was saved"):
+        train(config(tiny_tokens, **blow_up), tmp_path / "r", progress=False)
+    assert not list((tmp_path / "r").glob("checkpoints/step-*"))

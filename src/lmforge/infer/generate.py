@@ -174,7 +174,7 @@ def stream_text(
         if safe > emitted:
             yield text[emitted:safe]
             emitted = safe
-    if cut < 0:  # a stop string already ended the text; otherwise flush a split character
+    if cut < 0:  # no stop string cut the text: flush a character still split across tokens
         text += utf8.decode(b"", final=True)
     if len(text) > emitted:
         yield text[emitted:]

@@ -428,6 +428,12 @@ def train(
         return result["loss"]
 
     def save(step: int, *, is_best: bool) -> None:
+        # Losses since the last log line have not been checked yet: never save NaN weights.
+        if not torch.isfinite(window_loss):
+            raise FloatingPointError(
+                f"loss became non-finite before step {step}; nothing was saved. Lower "
+                "optim.lr or enable train.grad_clip, then resume from the last checkpoint"
+            )
         ckpt.save_checkpoint(
             run_dir,
             step=step,
@@ -462,9 +468,8 @@ def train(
         for step in range(start_step, tc.max_steps):
             t_step = time.perf_counter()
             factor = lr_factor(step, horizon, cfg.schedule)
-            lr = (
-                cfg.optim.lr * factor
-            )  # what the log shows: AdamW's LR (Muon groups have their own)
+            # What the log shows: AdamW's LR (Muon groups have their own peak).
+            lr = cfg.optim.lr * factor
             for group in optimizer.param_groups:
                 group["lr"] = group["initial_lr"] * factor
             for micro in range(tc.grad_accum_steps):
