@@ -16,6 +16,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -326,9 +327,19 @@ def copy_tokenizer(tokens_meta: dict[str, Any], run_dir: Path) -> Any:
 
 
 def train(
-    cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True
+    cfg: RunConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    on_eval: Callable[[int, float], None] | None = None,
 ) -> dict[str, Any]:
-    """Train (or resume) the run in `run_dir`; return a summary with the final val loss."""
+    """Train (or resume) the run in `run_dir`; return a summary with the final val loss.
+
+    `on_eval(step, val_loss)` is called after every evaluation, once that step's checkpoint is
+    saved; an exception it raises (a hyperparameter search pruning the trial) stops training
+    and propagates.
+    """
     run_dir = Path(run_dir)
     tc = cfg.train
     existing = ckpt.read_index(run_dir, missing_ok=True)
@@ -542,6 +553,8 @@ def train(
                 if bar is not None:
                     bar.set_postfix(loss=f"{last_loss:.3f}", val=f"{val_loss:.3f}")
                 save(done, is_best=is_best)
+                if on_eval is not None:
+                    on_eval(done, val_loss)
                 t_window, steps_window = time.perf_counter(), 0
             elif at_ckpt:
                 save(done, is_best=False)
