@@ -1,0 +1,1 @@
+"""Cleaning, filtering, deduplication and PII steps for the data pipeline (see `base`)."""
