@@ -177,7 +177,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.epilog = (
         "Any recipe field can be overridden as --SECTION.FIELD VALUE, for example "
         "--optim.lr 3e-4 --train.max_steps 500 --model.n_layers 6 --data.tokens runs/x/tokens. "
-        "Sections: data, model, optim, schedule, train."
+        "Sections: data, model, optim, schedule, train, distributed. "
+        "Several processes: torchrun --nproc-per-node N -m lmforge train ... "
+        "(--distributed.strategy ddp|fsdp; train.batch_size is the global batch)."
     )
 
 
@@ -218,9 +220,12 @@ def cmd_train(a: argparse.Namespace) -> int:
         base = json.loads(saved.read_text(encoding="utf-8"))  # continue the run as it was set up
     cfg = load_run_config(a.recipe, parse_overrides(a.extra), base=base)
     summary = train(cfg, a.out, resume=a.resume, progress=not a.no_progress)
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun, rank 0 speaks for the run
+    world = f" x {summary['world_size']} processes" if summary["world_size"] > 1 else ""
     print(
         f"trained {summary['steps']} steps ({summary['tokens_seen']:,} tokens) in "
-        f"{summary['elapsed_s']:.0f}s on {summary['device']} ({summary['dtype']}): "
+        f"{summary['elapsed_s']:.0f}s on {summary['device']}{world} ({summary['dtype']}): "
         f"val loss {summary['final_val_loss']:.4f} (best {summary['best_val_loss']:.4f})"
     )
     print(f"checkpoints in {a.out}/checkpoints, loss curve in {a.out}/loss.png")

@@ -1,8 +1,10 @@
 """Batches of token windows from the memory-mapped shards that `tokenizer encode` writes.
 
-Training batches are random windows, drawn by a generator seeded from (seed, step, rank): the
-batch for a step depends on nothing else, so a resumed run sees exactly the batches the
-uninterrupted run would have seen, with no loader state to save. Evaluation walks every
+Training batches are random windows, drawn by a generator seeded from (seed, step): the batch
+for a step depends on nothing else, so a resumed run sees exactly the batches the
+uninterrupted run would have seen, with no loader state to save. In a distributed run each rank
+reads only its own rows of that same batch (`shard=(rank, world_size)`), so the tokens a step
+trains on do not depend on the number of processes. Evaluation walks every
 token of a split once, in non-overlapping windows.
 """
 
@@ -36,11 +38,20 @@ class TokenWindows:
         self._cum = np.cumsum(self._starts)
 
     def batch(
-        self, batch_size: int, *, seed: int, step: int, rank: int = 0
+        self, batch_size: int, *, seed: int, step: int, shard: tuple[int, int] = (0, 1)
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Random (x, y) int64 tensors of shape (batch_size, seq_len) for this step."""
-        rng = np.random.default_rng([seed, step, rank])
+        """Random (x, y) int64 tensors of shape (batch_size, seq_len) for this step.
+
+        With `shard=(i, n)`, only rows `i * batch_size // n` up to the next part's start of that
+        batch: the i-th of n equal parts (batch_size must divide by n).
+        """
+        part, parts = shard
+        if batch_size % parts:
+            raise ValueError(f"a batch of {batch_size} cannot be cut into {parts} equal parts")
+        rng = np.random.default_rng([seed, step, 0])
         draws = rng.integers(0, self._cum[-1], size=batch_size)
+        rows_per_part = batch_size // parts
+        draws = draws[part * rows_per_part : (part + 1) * rows_per_part]
         shard_ids = np.searchsorted(self._cum, draws, side="right")
         rows = []
         for draw, sid in zip(draws, shard_ids):

@@ -14,7 +14,8 @@ import torch
 from lmforge.data.loader import TokenWindows
 from lmforge.infer.load import load_run
 from lmforge.tokenizer.encode import read_token_meta
-from lmforge.train.trainer import evaluate_loss, resolve_device, resolve_tokens_dir
+from lmforge.train.metrics import evaluate_loss
+from lmforge.train.trainer import resolve_device, resolve_tokens_dir
 
 
 def evaluate_run(

@@ -10,6 +10,12 @@ A run directory holds `checkpoints/step-NNNNNNN/` folders, each complete in itse
 and `checkpoints/index.json` naming the `last` and `best` ones. A folder is written under a
 temporary name and renamed into place, then the index is replaced atomically: a crash at any
 moment leaves the previous checkpoint intact. Nothing is ever unpickled.
+
+A checkpoint of a distributed run (see `lmforge.train.distributed`) holds the same
+`model.safetensors`, `config.json` and `train_state.json`, but its optimizer state (and the
+model again, sharded) is in `sharded/`, written by every rank through
+`torch.distributed.checkpoint`, with one `rng-rank-N.safetensors` per rank. It resumes at any
+world size, and the folder is renamed into place only once every rank has written its part.
 """
 
 from __future__ import annotations
@@ -27,23 +33,24 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lmforge.io import write_json_atomic
+from lmforge.train import distributed as D
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, truncated, or does not fit the model."""
 
 
-def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict to save: tensors shared between names (tied weights) appear once."""
-    seen: set[int] = set()
-    out = {}
-    for name, tensor in model.state_dict().items():
-        key = tensor.data_ptr()
-        if key in seen:
-            continue
-        seen.add(key)
-        out[name] = tensor.detach().contiguous().cpu()
-    return out
+def model_state(model: nn.Module, world: D.World | None = None) -> dict[str, torch.Tensor]:
+    """The state dict to save: tensors shared between names (tied weights) appear once.
+
+    In a distributed run this is a collective (FSDP gathers the shards): every rank calls it.
+    """
+    # Parameters are listed once however many modules share them; buffers follow by name.
+    names = {name for name, _ in model.named_parameters()}
+    params = {id(p) for p in model.parameters()}
+    names |= {name for name, b in model.named_buffers() if id(b) not in params}
+    state = D.full_model_state(model, world or D.World())
+    return {k: v.detach().contiguous().cpu() for k, v in state.items() if k in names}
 
 
 def load_model_weights(model: nn.Module, path: str | Path) -> None:
@@ -116,25 +123,51 @@ def save_checkpoint(
     train_state: dict[str, Any] | None = None,
     is_best: bool = False,
     keep: int = 1,
+    world: D.World | None = None,
 ) -> Path:
-    """Write checkpoint `step-NNNNNNN`, point `last` (and `best` if asked) at it, prune old ones."""
+    """Write checkpoint `step-NNNNNNN`, point `last` (and `best` if asked) at it, prune old ones.
+
+    In a distributed run every rank calls this; rank 0 alone renames and updates the index.
+    """
+    world = world or D.World()
     ckpt_root = Path(run_dir) / "checkpoints"
-    ckpt_root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:07d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=ckpt_root))
-    try:
-        save_file(model_state(model), str(tmp / "model.safetensors"))
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        if optimizer is not None:
-            tensors, meta = _optimizer_tensors(optimizer)
-            tensors["rng.torch"] = torch.get_rng_state()
-            save_file(tensors, str(tmp / "train_state.safetensors"))
-            state = dict(train_state or {}, step=step, optimizer=meta)
-            (tmp / "train_state.json").write_text(json.dumps(state, indent=2) + "\n", "utf-8")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # a half-written copy must not pile up
-        raise
     final = ckpt_root / name
+    if world.distributed:
+        tmp = ckpt_root / f".{name}.partial"  # one name that every rank agrees on
+        if world.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        D.barrier(world)
+    else:
+        ckpt_root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=ckpt_root))
+    try:
+        weights = model_state(model, world)
+        if world.is_main:
+            save_file(weights, str(tmp / "model.safetensors"))
+            (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", "utf-8")
+        if optimizer is not None:
+            if world.distributed:
+                scalars = D.save_sharded(tmp / D.SHARDED_DIR, model, optimizer)
+                rng = {"rng.torch": torch.get_rng_state()}
+                save_file(rng, str(tmp / f"rng-rank-{world.rank}.safetensors"))
+                meta = {"scalars_by_name": scalars, "world_size": world.size}
+            else:
+                tensors, meta = _optimizer_tensors(optimizer)
+                tensors["rng.torch"] = torch.get_rng_state()
+                save_file(tensors, str(tmp / "train_state.safetensors"))
+            if world.is_main:
+                state = dict(train_state or {}, step=step, optimizer=meta)
+                (tmp / "train_state.json").write_text(json.dumps(state, indent=2) + "\n", "utf-8")
+        D.barrier(world)  # every rank's shards are on disk before the folder counts
+    except BaseException:
+        if world.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)  # a half-written copy must not pile up
+        raise
+    if not world.is_main:
+        D.barrier(world)
+        return final
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -149,6 +182,7 @@ def save_checkpoint(
     write_json_atomic(ckpt_root / "index.json", index)
     for old in set(history) - keep_names:
         shutil.rmtree(ckpt_root / old, ignore_errors=True)
+    D.barrier(world)  # no rank goes on (and perhaps saves again) before the index is written
     return final
 
 
@@ -188,6 +222,30 @@ def read_config(ckpt_dir: Path) -> dict[str, Any]:
         raise CheckpointError(f"{ckpt_dir} has no config.json") from None
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path} is corrupt ({e})") from None
+
+
+def is_sharded(ckpt_dir: Path) -> bool:
+    """Whether a checkpoint was written by a distributed run (its state is in `sharded/`)."""
+    return (ckpt_dir / D.SHARDED_DIR).is_dir()
+
+
+def load_sharded_train_state(
+    ckpt_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, world: D.World
+) -> dict[str, Any]:
+    """Restore model, optimizer and this rank's RNG from a distributed run's checkpoint, at
+    any world size; return its train_state.json."""
+    json_path = ckpt_dir / "train_state.json"
+    try:
+        state = json.loads(json_path.read_text(encoding="utf-8"))
+        D.load_sharded(
+            ckpt_dir / D.SHARDED_DIR, model, optimizer, state["optimizer"]["scalars_by_name"]
+        )
+    except (FileNotFoundError, KeyError, SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{ckpt_dir} sharded training state is unreadable ({e})") from None
+    rng_path = ckpt_dir / f"rng-rank-{world.rank}.safetensors"
+    if rng_path.exists():  # a rank the saving run did not have starts from its seed
+        torch.set_rng_state(load_file(str(rng_path))["rng.torch"])
+    return state
 
 
 def load_train_state(ckpt_dir: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:

@@ -3,20 +3,21 @@
 Written by hand because it is the heart of the project and small enough to read at once:
 gradient accumulation, clipping, the LR schedule, mixed precision picked by the hardware,
 optional `torch.compile`, periodic evaluation on the validation split, best/last checkpoints,
-exact resume, metrics to JSONL and TensorBoard, and a loss-curve PNG at the end.
+exact resume, metrics to JSONL and TensorBoard, and a loss-curve PNG at the end. Launched by
+torchrun with several processes it trains data-parallel (DDP or FSDP2, applied from outside the
+model by `lmforge.train.distributed`); rank 0 alone logs and writes plots.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -24,11 +25,13 @@ import torch.nn.functional as F
 
 from lmforge.config import ConfigError, apply_overrides, from_dict, load_toml, to_dict
 from lmforge.data.loader import TokenWindows
-from lmforge.io import write_json_atomic, write_text_atomic
+from lmforge.io import write_json_atomic
 from lmforge.model.gpt import GPT, PRESETS, GPTConfig, depth_dial
 from lmforge.tokenizer.encode import read_token_meta
 from lmforge.tokenizer.tokenizer import load_tokenizer
 from lmforge.train import checkpoint as ckpt
+from lmforge.train import distributed as D
+from lmforge.train.metrics import MetricsLog, evaluate_loss, plot_losses
 from lmforge.train.optim import OptimConfig, build_optimizer
 from lmforge.train.schedule import ScheduleConfig, lr_factor
 
@@ -92,6 +95,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distributed: D.DistributedConfig = field(default_factory=D.DistributedConfig)
 
 
 def load_run_config(
@@ -192,123 +196,6 @@ def resolve_tokens_dir(tokens: str, run_dir: Path) -> Path:
     return path
 
 
-@torch.no_grad()
-def evaluate_loss(
-    model: torch.nn.Module,
-    windows: TokenWindows,
-    *,
-    device: torch.device,
-    batch_size: int = 64,
-    max_tokens: int | None = None,
-    autocast: Any = None,
-    token_bytes: torch.Tensor | None = None,
-) -> dict[str, float]:
-    """Mean loss over every target token of a split (or its first `max_tokens`).
-
-    With `token_bytes` (UTF-8 bytes per token id) it also gives bits per byte: the summed loss
-    of tokens that stand for text, in bits, over the bytes they stand for. Special tokens (0
-    bytes) are left out of that ratio, which makes it comparable across tokenizers.
-    """
-    was_training = model.training
-    model.eval()
-    total_loss, total_tokens, text_loss, text_bytes = 0.0, 0, 0.0, 0
-    for x, y in windows.sequential(batch_size, max_tokens=max_tokens):
-        x, y = x.to(device), y.to(device)
-        with autocast or nullcontext():
-            logits = model(x)
-        losses = F.cross_entropy(
-            logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none"
-        )
-        total_loss += losses.sum().item()
-        total_tokens += y.numel()
-        if token_bytes is not None:
-            nbytes = token_bytes[y.reshape(-1)]
-            text_loss += losses[nbytes > 0].sum().item()
-            text_bytes += int(nbytes.sum().item())
-    model.train(was_training)
-    loss = total_loss / max(1, total_tokens)
-    out = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": total_tokens}
-    if token_bytes is not None and text_bytes:
-        out["bits_per_byte"] = text_loss / math.log(2) / text_bytes
-        out["bytes"] = text_bytes
-    return out
-
-
-def _metric_step(line: str) -> float:
-    """The step of a metrics.jsonl line, or infinity for a line that is not a whole record."""
-    try:
-        return json.loads(line)["step"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        return math.inf
-
-
-class MetricsLog:
-    """Metrics to `metrics.jsonl` and TensorBoard (`tb/`) in the run directory."""
-
-    def __init__(self, run_dir: Path, *, resume_step: int | None) -> None:
-        self.path = run_dir / "metrics.jsonl"
-        if resume_step is None:
-            self.path.write_text("", encoding="utf-8")
-        elif self.path.exists():
-            # Drop what a crashed run logged after its last checkpoint: the resumed run
-            # logs those steps again.
-            # A line cut short by the crash is dropped too.
-            kept = [
-                line
-                for line in self.path.read_text(encoding="utf-8").splitlines()
-                if _metric_step(line) <= resume_step
-            ]
-            write_text_atomic(self.path, "".join(k + "\n" for k in kept))
-        self._tb = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(str(run_dir / "tb"))
-        except ImportError:  # tensorboard is a dependency, but a trimmed install still trains
-            log.warning("tensorboard is not installed; metrics go to metrics.jsonl only")
-
-    def write(self, record: dict[str, Any]) -> None:
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        if self._tb is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self._tb.add_scalar(key, value, record["step"])
-
-    def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
-
-
-def plot_losses(metrics_path: Path, out_path: Path) -> None:
-    """Train and val loss against step, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    train, val = [], []
-    for line in metrics_path.read_text(encoding="utf-8").splitlines():
-        record = json.loads(line)
-        if "loss" in record:
-            train.append((record["step"], record["loss"]))
-        if "val_loss" in record:
-            val.append((record["step"], record["val_loss"]))
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    if train:
-        ax.plot(*zip(*train), label="train", linewidth=1)
-    if val:
-        ax.plot(*zip(*val), label="val", marker="o", markersize=3)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/token)")
-    ax.set_title(out_path.parent.name)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_path)
-    plt.close(fig)
-
-
 def copy_tokenizer(tokens_meta: dict[str, Any], run_dir: Path) -> Any:
     """Copy the tokenizer into the run, so the run alone can be evaluated and served."""
     src = Path(tokens_meta["tokenizer_dir"])
@@ -339,8 +226,25 @@ def train(
     `on_eval(step, val_loss)` is called after every evaluation, once that step's checkpoint is
     saved; an exception it raises (a hyperparameter search pruning the trial) stops training
     and propagates.
+    Under torchrun with several processes every rank calls this, and the run is distributed.
     """
-    run_dir = Path(run_dir)
+    device = resolve_device(cfg.train.device)
+    world, device = D.init_world(cfg.distributed, device)
+    try:
+        return _train(cfg, Path(run_dir), world, device, resume, progress, on_eval)
+    finally:
+        D.close_world(world)
+
+
+def _train(
+    cfg: RunConfig,
+    run_dir: Path,
+    world: D.World,
+    device: torch.device,
+    resume: bool,
+    progress: bool,
+    on_eval: Callable[[int, float], None] | None,
+) -> dict[str, Any]:
     tc = cfg.train
     existing = ckpt.read_index(run_dir, missing_ok=True)
     if existing and not resume:
@@ -350,11 +254,12 @@ def train(
         )
     if resume and not existing:
         raise ConfigError(f"--resume: {run_dir} has no checkpoint to resume from")
+    check_distributed(cfg, world)
+    D.barrier(world)  # no rank creates files before every rank has read the index
     run_dir.mkdir(parents=True, exist_ok=True)
 
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    device = resolve_device(tc.device)
     dtype = resolve_precision(tc.precision, device)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
     if device.type == "cuda":
@@ -363,7 +268,10 @@ def train(
 
     tokens_dir = resolve_tokens_dir(cfg.data.tokens, run_dir)
     meta = read_token_meta(tokens_dir)
-    tokenizer = copy_tokenizer(meta, run_dir)
+    if world.is_main:
+        copy_tokenizer(meta, run_dir)
+    D.barrier(world)
+    tokenizer = load_tokenizer(run_dir / "tokenizer")
     if cfg.model.vocab_size == 0:
         cfg = replace(cfg, model=replace(cfg.model, vocab_size=meta["vocab_size"]))
     elif cfg.model.vocab_size < meta["vocab_size"]:
@@ -376,9 +284,12 @@ def train(
     val_windows = TokenWindows(tokens_dir, cfg.data.val_split, seq_len)
     token_bytes = torch.as_tensor(tokenizer.token_bytes, dtype=torch.long, device=device)
 
-    torch.manual_seed(tc.seed)
+    torch.manual_seed(tc.seed)  # the same initial weights on every rank
     model = GPT(cfg.model).to(device)
+    step_module = D.parallelize(model, world, cfg.distributed)
     optimizer = build_optimizer(model, cfg.optim, device.type)
+    if world.distributed:
+        torch.manual_seed(tc.seed + world.rank)  # but each rank its own dropout masks
     config_dict = to_dict(cfg)
     config_dict["tokenizer"] = {"kind": tokenizer.kind, "fingerprint": tokenizer.fingerprint}
 
@@ -394,12 +305,11 @@ def train(
                 "none at all to reuse "
                 f"{run_dir / 'config.json'}"
             )
-        ckpt.load_model_weights(model, src / "model.safetensors")
         # The optimizer state comes from the checkpoint, but each group's peak LR from this
         # run's config: a resume with a new --optim.lr means it (and older checkpoints
         # have no initial_lr at all).
         peak_lrs = [group["initial_lr"] for group in optimizer.param_groups]
-        state = ckpt.load_train_state(src, optimizer)
+        state = _load_resume_state(cfg, src, model, optimizer, world, device)
         for group, peak in zip(optimizer.param_groups, peak_lrs, strict=True):
             group["initial_lr"] = peak
         start_step = state["step"]
@@ -408,10 +318,12 @@ def train(
         elapsed_before = state.get("elapsed_s", 0.0)
         train_s = state.get("train_s", 0.0)
         log.info("resumed %s at step %d", src, start_step)
-    write_json_atomic(run_dir / "config.json", config_dict)
-    metrics = MetricsLog(run_dir, resume_step=start_step if resume else None)
+    metrics = None
+    if world.is_main:
+        write_json_atomic(run_dir / "config.json", config_dict)
+        metrics = MetricsLog(run_dir, resume_step=start_step if resume else None)
 
-    step_fn = torch.compile(model) if tc.compile else model
+    step_fn = torch.compile(step_module) if tc.compile else step_module
     tokens_per_step = tc.batch_size * tc.grad_accum_steps * seq_len
     flops_per_step = model.flops_per_token(seq_len) * tokens_per_step
     peak = tc.peak_flops or peak_flops(device)
@@ -426,11 +338,13 @@ def train(
             max_tokens=tc.eval_tokens or None,
             autocast=autocast,
             token_bytes=token_bytes,
+            world=world,
         )
         record = {"step": step, "val_loss": result["loss"]}
         if "bits_per_byte" in result:
             record["val_bpb"] = result["bits_per_byte"]
-        metrics.write(record)
+        if metrics is not None:
+            metrics.write(record)
         if not math.isfinite(result["loss"]):
             raise FloatingPointError(
                 f"val loss became {result['loss']} at step {step}; nothing was saved. Lower "
@@ -459,10 +373,11 @@ def train(
             },
             is_best=is_best,
             keep=tc.keep_checkpoints,
+            world=world,
         )
 
     bar = None
-    if progress:
+    if progress and world.is_main:
         from tqdm.auto import tqdm
 
         bar = tqdm(
@@ -485,13 +400,19 @@ def train(
                 group["lr"] = group["initial_lr"] * factor
             for micro in range(tc.grad_accum_steps):
                 x, y = train_windows.batch(
-                    tc.batch_size, seed=tc.seed, step=step * tc.grad_accum_steps + micro
+                    tc.batch_size,
+                    seed=tc.seed,
+                    step=step * tc.grad_accum_steps + micro,
+                    shard=(world.rank, world.size),
                 )
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with autocast:
-                    logits = step_fn(x)
-                    loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
-                scaler.scale(loss / tc.grad_accum_steps).backward()
+                with D.gradient_sync(step_module, micro == tc.grad_accum_steps - 1):
+                    with autocast:
+                        logits = step_fn(x)
+                        loss = F.cross_entropy(
+                            logits.float().view(-1, logits.size(-1)), y.reshape(-1)
+                        )
+                    scaler.scale(loss / tc.grad_accum_steps).backward()
                 window_loss += loss.detach()
             if tc.grad_clip > 0:
                 scaler.unscale_(optimizer)
@@ -509,13 +430,17 @@ def train(
             if tc.max_time_s:
                 per_step = session_s / (done - start_step)
                 horizon = min(tc.max_steps, done + int((tc.max_time_s - train_s) / per_step))
+                out_of_time = train_s >= tc.max_time_s
+                # Ranks time themselves differently; rank 0's clock decides for all.
+                horizon, out_of_time = D.broadcast_ints([horizon, out_of_time], world, device)
                 if bar is not None:
                     bar.total = horizon
-            last = done >= horizon or bool(tc.max_time_s and train_s >= tc.max_time_s)
+            last = done >= horizon or bool(tc.max_time_s and out_of_time)
 
             if done % tc.log_interval == 0 or last:
                 # The mean over the steps since the last log line: one step's loss is noisy.
-                last_loss = window_loss.item() / (loss_steps * tc.grad_accum_steps)
+                (summed,) = D.all_reduce_sum([window_loss.item()], world, device)
+                last_loss = summed / world.size / (loss_steps * tc.grad_accum_steps)
                 window_loss.zero_()
                 loss_steps = 0
                 if not math.isfinite(last_loss):
@@ -525,19 +450,21 @@ def train(
                     )
                 dt = time.perf_counter() - t_window
                 tok_s = steps_window * tokens_per_step / dt
-                mfu = steps_window * flops_per_step / dt / peak if peak else 0.0
-                metrics.write(
-                    {
-                        "step": done,
-                        "loss": last_loss,
-                        "lr": lr,
-                        "tokens": tokens_seen,
-                        "tokens_per_s": tok_s,
-                        "mfu": mfu,
-                        "elapsed_s": elapsed_before + time.perf_counter() - t_start,
-                        "train_s": train_s,
-                    }
-                )
+                # Each rank computes 1/N of the step on its own device.
+                mfu = steps_window * flops_per_step / dt / peak / world.size if peak else 0.0
+                if metrics is not None:
+                    metrics.write(
+                        {
+                            "step": done,
+                            "loss": last_loss,
+                            "lr": lr,
+                            "tokens": tokens_seen,
+                            "tokens_per_s": tok_s,
+                            "mfu": mfu,
+                            "elapsed_s": elapsed_before + time.perf_counter() - t_start,
+                            "train_s": train_s,
+                        }
+                    )
                 if bar is not None:
                     bar.set_postfix(
                         loss=f"{last_loss:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{mfu:.1%}"
@@ -566,9 +493,11 @@ def train(
     finally:  # also on an error or Ctrl-C: flush TensorBoard, end the progress bar
         if bar is not None:
             bar.close()
-        metrics.close()
+        if metrics is not None:
+            metrics.close()
     elapsed = elapsed_before + time.perf_counter() - t_start
-    plot_losses(metrics.path, run_dir / "loss.png")
+    if metrics is not None:
+        plot_losses(metrics.path, run_dir / "loss.png")
     return {
         "run_dir": str(run_dir),
         "steps": done,
@@ -581,4 +510,47 @@ def train(
         "params": model.num_params(),
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
+        "world_size": world.size,
     }
+
+
+def check_distributed(cfg: RunConfig, world: D.World) -> None:
+    """Settings that cannot work at this world size, explained before anything runs."""
+    if not world.distributed:
+        return
+    if cfg.train.batch_size % world.size:
+        raise ConfigError(
+            f"train.batch_size={cfg.train.batch_size} does not divide among {world.size} "
+            "processes: the batch is global and each rank takes an equal share; choose a "
+            f"multiple of {world.size}"
+        )
+    if cfg.distributed.strategy == "fsdp" and cfg.optim.name == "muon":
+        raise ConfigError(
+            "optim.name='muon' needs whole weight matrices, which FSDP shards; use "
+            "distributed.strategy='ddp' with Muon, or optim.name='adamw' with FSDP"
+        )
+
+
+def _load_resume_state(
+    cfg: RunConfig,
+    src: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    world: D.World,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Load checkpoint `src` into this world's model and optimizer, whatever world wrote it."""
+    if ckpt.is_sharded(src):  # written by a distributed run: DCP reshards it for this world
+        return ckpt.load_sharded_train_state(src, model, optimizer, world)
+    if not world.distributed:
+        ckpt.load_model_weights(model, src / "model.safetensors")
+        return ckpt.load_train_state(src, optimizer)
+    # A single-process checkpoint into N processes: load it as one process would, then hand
+    # the whole state to the wrapped model, which keeps its own part.
+    twin = GPT(cfg.model).to(device)
+    twin_optimizer = build_optimizer(twin, cfg.optim, device.type)
+    ckpt.load_model_weights(twin, src / "model.safetensors")
+    state = ckpt.load_train_state(src, twin_optimizer)
+    D.load_full_into(model, optimizer, twin, twin_optimizer)
+    torch.manual_seed(cfg.train.seed + world.rank)
+    return state
