@@ -101,6 +101,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (one GPU per process)")
     p.add_argument("--tokens", help="a token folder to train on (default: Tiny Shakespeare)")
     args = p.parse_args()
+    if args.steps < 2 * args.log_interval:
+        p.error("--steps must be at least twice --log-interval (the first window is warmup)")
 
     procs = [int(n) for n in args.procs.split(",") if int(n) > 1]
     with tempfile.TemporaryDirectory() as tmp:

@@ -126,6 +126,61 @@ def test_csv_field_larger_than_csv_default_limit(tmp_path: Path) -> None:
     assert texts([tmp_path / "big.csv"]) == [big]
 
 
+def test_meta_fields_are_copied_from_records(tmp_path: Path) -> None:
+    import datetime
+
+    (tmp_path / "a.jsonl").write_bytes(
+        jsonl(
+            [
+                {"text": "one", "url": "https://a.example/1", "title": "One", "other": 1},
+                {"text": "two", "url": None, "timestamp": "2019-04-25T12:57:54Z"},
+            ]
+        )
+    )
+    (tmp_path / "b.csv").write_text("text,url,label\nthree,https://b.example/3,x\nfour,,y\n")
+    when = datetime.datetime(2020, 1, 2, 3, 4, 5)
+    table = pa.table({"text": ["five"], "url": ["https://c.example/5"], "timestamp": [when]})
+    pq.write_table(table, tmp_path / "c.parquet")
+    meta = {d.text: d.meta for d in iter_documents([tmp_path])}
+    assert meta == {
+        "one": {"url": "https://a.example/1", "title": "One"},
+        "two": {"timestamp": "2019-04-25T12:57:54Z"},  # a null is left out
+        "three": {"url": "https://b.example/3"},
+        "four": {},  # an empty CSV field too
+        "five": {"url": "https://c.example/5", "timestamp": "2020-01-02 03:04:05"},
+    }
+    only_title = {d.text: d.meta for d in iter_documents([tmp_path], meta_fields=["title"])}
+    assert only_title["one"] == {"title": "One"} and only_title["five"] == {}
+    with pytest.raises(ValueError, match=r"meta_fields='url'; expected a list"):
+        list(iter_documents([tmp_path], meta_fields="url"))
+
+
+def test_csv_rows_over_the_record_limit_are_skipped_and_counted(tmp_path: Path) -> None:
+    rows = [f"{i},row number {i} of the file" for i in range(3, 40)]
+    path = tmp_path / "a.csv"
+    path.write_text(
+        "id,text\n1,fine\n"
+        '2,"a stray quote opens a field that never closes\n'  # line 3
+        + "\n".join(rows[:20])
+        + f"\n40,{'x' * 300}\n"  # line 24: one line over the limit
+        + "\n".join(rows[20:])
+        + "\n"
+    )
+    report = ReadReport()
+    docs = list(iter_documents([path], report=report, max_record_bytes=200))
+    # The quoted field stops growing at the limit; reading goes on at the next line.
+    assert report.bad_records == 2
+    assert report.bad_record_examples[0].startswith(f"{path}:3: malformed CSV (field larger")
+    assert report.bad_record_examples[1] == (
+        f"{path}:24: a line over max_record_bytes=200 characters"
+    )
+    texts = [d.text for d in docs]
+    assert texts[0] == "fine" and texts[-17:] == [r.split(",", 1)[1] for r in rows[20:]]
+    assert all(len(t) < 200 for t in texts)
+    with pytest.raises(DataError, match=rf"{re.escape(str(path))}:3: malformed CSV"):
+        list(iter_documents([path], on_bad_record="fail", max_record_bytes=200))
+
+
 def test_json_array_file_is_explained(tmp_path: Path) -> None:
     (tmp_path / "a.json").write_text(json.dumps([{"text": "x"}, {"text": "y"}], indent=1))
     with pytest.raises(DataError, match=r"a\.json: is a JSON array.*jq"):
@@ -361,6 +416,25 @@ def test_multi_part_documents_reassemble_from_records(tmp_path: Path) -> None:
         got += documents(tmp_path / "out", split)
         assert m["splits"][split]["records"] >= 5 * m["splits"][split]["documents"]
     assert sorted(got) == sorted(originals.values())
+
+
+def test_a_crash_after_the_shards_are_replaced_leaves_no_stale_manifest(
+    tmp_path: Path, monkeypatch
+) -> None:
+    (tmp_path / "a.jsonl").write_bytes(jsonl([{"text": f"document {i} " * 50} for i in range(40)]))
+    out = tmp_path / "out"
+    prepare_corpus([tmp_path / "a.jsonl"], out, PrepareConfig(shard_bytes=1000))
+    assert len(split_files(out, "train")) > 3
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt  # killed after the shards were renamed into place
+
+    monkeypatch.setattr("lmforge.data.prepare.write_json_atomic", crash)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_corpus([tmp_path / "a.jsonl"], out, PrepareConfig(shard_bytes=10**6))
+    # The old manifest listed shards that are gone now; it must not outlive them.
+    with pytest.raises(DataError, match="no manifest.json in .*run `lmforge data prepare` first"):
+        read_manifest(out)
 
 
 def test_empty_corpus_fails_without_touching_existing_output(tmp_path: Path) -> None:

@@ -147,4 +147,6 @@ def test_settings_that_cannot_split_are_explained(tiny_tokens):
     fsdp_muon = {"distributed.strategy": "fsdp", "optim.name": "muon"}
     with pytest.raises(ConfigError, match="muon.*FSDP shards"):
         check_distributed(config(tiny_tokens, **fsdp_muon), two)
+    with pytest.raises(ConfigError, match="nccl.*needs CUDA"):
+        check_distributed(config(tiny_tokens, **{"distributed.backend": "nccl"}), two)
     check_distributed(config(tiny_tokens, **{"train.batch_size": 5}), World())  # one process

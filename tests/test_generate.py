@@ -38,6 +38,16 @@ def test_top_p_keeps_the_nucleus_only():
     assert draws == {0, 1}  # 0.5 + 0.3 reaches 0.8; tokens 2 and 3 are never drawn
 
 
+def test_ids_past_the_vocabulary_are_never_drawn():
+    """A model with padded embedding rows: their logits are left out, however large."""
+    logits = torch.tensor([[0.0, 1.0, 0.5, 9.0, 8.0]] * 2)  # ids 3 and 4 have no token
+    gen = torch.Generator().manual_seed(0)
+    for cfg in (GenerationConfig(temperature=0), GenerationConfig(), GenerationConfig(top_k=3)):
+        draws = {int(i) for _ in range(100) for i in sample_next(logits, cfg, gen, vocab_size=3)}
+        assert draws <= {0, 1, 2} and 1 in draws
+    assert int(sample_next(logits, GenerationConfig(temperature=0), gen)[0]) == 3  # unmasked
+
+
 def test_seed_makes_samples_reproducible(run):
     cfg = GenerationConfig(max_new_tokens=40, seed=7, stop_at_eos=False)
     a = complete(run.model, run.tokenizer, "ROMEO:", cfg)

@@ -15,6 +15,7 @@ from lmforge.tokenizer.encode import encode_data, open_split, read_token_meta, t
 from lmforge.tokenizer.tokenizer import (
     KINDS,
     SPECIAL_TOKENS,
+    Tokenizer,
     TokenizerConfig,
     load_tokenizer,
     train_tokenizer,
@@ -122,6 +123,21 @@ def test_save_load_identical(toks, kind, tmp_path):
         assert loaded.encode(s) == tok.encode(s)
     np.testing.assert_array_equal(loaded.token_bytes, tok.token_bytes)
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_own_kinds_encode_prompts_as_plain_text(toks, kind, tmp_path):
+    """Only imported (hf) vocabularies put a BOS first; lmforge's models never saw one."""
+    tok = toks[kind]
+    assert not tok.add_bos and tok.eos_ids == (tok.eos_id,)
+    for s in AWKWARD:
+        assert tok.encode_prompt(s) == tok.encode(s)
+    assert tok.encode_prompt_batch(AWKWARD) == tok.encode_batch(AWKWARD)
+    tok.save(tmp_path)
+    meta = json.loads((tmp_path / "tokenizer_meta.json").read_text())
+    assert "add_bos" not in meta and "eos_ids" not in meta  # the file is as it was
+    with pytest.raises(ValueError, match="imported \\(hf\\) vocabularies"):
+        Tokenizer(tok.hf, kind, add_bos=True)
 
 
 def test_transformers_parity(toks, corpus, tmp_path):

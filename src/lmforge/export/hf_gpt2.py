@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from lmforge.deps import require
 from lmforge.model.gpt import GPT, GPTConfig
 
 if TYPE_CHECKING:
@@ -52,16 +53,6 @@ _QKV = ("q_proj", "k_proj", "v_proj")  # the order of the three slices of HF's c
 _TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
 
-def _require_transformers() -> None:
-    try:
-        import transformers  # noqa: F401
-    except ImportError:
-        raise ImportError(
-            "exporting to or importing from Hugging Face needs `transformers`; "
-            "install it with `pip install 'lmforge[dev]'` or `pip install transformers`"
-        ) from None
-
-
 def check_mappable(cfg: GPTConfig) -> None:
     """Raise ValueError if a model with `cfg` has no GPT-2 equivalent."""
     problems = []
@@ -92,7 +83,7 @@ def gpt2_config(cfg: GPTConfig, *, eos_token_id: int | None = None) -> GPT2Confi
     `eos_token_id` becomes GPT-2's BOS and EOS id; without it both are None (GPT-2's default
     50256 would point outside a small vocabulary).
     """
-    _require_transformers()
+    require("transformers", "hf")
     from transformers import GPT2Config
 
     check_mappable(cfg)
@@ -154,7 +145,7 @@ def to_hf_gpt2(
     model: GPT, *, attn_implementation: str = "sdpa", eos_token_id: int | None = None
 ) -> GPT2LMHeadModel:
     """A `GPT2LMHeadModel` with `model`'s weights (copied) on the same device and dtype."""
-    _require_transformers()
+    require("transformers", "hf")
     from transformers import GPT2LMHeadModel
 
     config = gpt2_config(model.config, eos_token_id=eos_token_id)
@@ -201,7 +192,7 @@ def _gpt_config_from_hf(config: GPT2Config) -> GPTConfig:
 
 def from_hf_gpt2(hf_model: GPT2LMHeadModel) -> GPT:
     """Our `GPT` with `hf_model`'s weights (copied) on the same device and dtype."""
-    _require_transformers()
+    require("transformers", "hf")
     cfg = _gpt_config_from_hf(hf_model.config)
     p = hf_model.transformer.wte.weight
     model = GPT(cfg).to(device=p.device, dtype=p.dtype)

@@ -5,12 +5,18 @@ loop over our own KV cache is what makes it fast (no per-step cache objects or l
 processor chains). The prompt is run once to fill the cache, then each step feeds one token.
 When the cache is full (the model's context is used up) the window slides: the last three
 quarters of the context are run again and decoding goes on from there.
+
+Only ids the tokenizer can decode are ever sampled: a model may have more embedding rows than
+the vocabulary has tokens (checkpoints padded to a multiple of 64 or 128, as many on the
+Hugging Face Hub are), and those rows' logits are left out before sampling. A prompt is
+encoded with `Tokenizer.encode_prompt` (BOS first for imported models trained with one), and
+generation ends at any of `Tokenizer.eos_ids`.
 """
 
 from __future__ import annotations
 
 import codecs
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -73,9 +79,19 @@ class Completion:
 
 
 def sample_next(
-    logits: torch.Tensor, cfg: GenerationConfig, generator: torch.Generator | None
+    logits: torch.Tensor,
+    cfg: GenerationConfig,
+    generator: torch.Generator | None,
+    *,
+    vocab_size: int | None = None,
 ) -> torch.Tensor:
-    """Next token ids (B,) from last-position logits (B, V)."""
+    """Next token ids (B,) from last-position logits (B, V).
+
+    With `vocab_size`, only ids below it can be drawn: the logits past it (embedding rows
+    with no token, which the tokenizer cannot decode) count as -inf.
+    """
+    if vocab_size is not None and vocab_size < logits.size(-1):
+        logits = logits[:, :vocab_size]  # (B, vocab_size): the same ids, the padding dropped
     if cfg.temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / cfg.temperature
@@ -95,11 +111,21 @@ def sample_next(
 
 @torch.inference_mode()
 def generate_ids(
-    model: GPT, prompt_ids: list[int], cfg: GenerationConfig, *, eos_id: int | None = None
+    model: GPT,
+    prompt_ids: list[int],
+    cfg: GenerationConfig,
+    *,
+    eos_id: int | Collection[int] | None = None,
+    vocab_size: int | None = None,
 ) -> Iterator[int]:
-    """Yield new token ids one at a time (batch of one)."""
+    """Yield new token ids one at a time (batch of one).
+
+    `eos_id` is the id, or the ids, that end generation (with `cfg.stop_at_eos`; the id is
+    yielded first). `vocab_size` is the tokenizer's: no id at or past it is sampled.
+    """
     if not prompt_ids:
         raise ValueError("the prompt must hold at least one token")
+    stop_ids = {eos_id} if isinstance(eos_id, int) else set(eos_id or ())
     device = model.tok_emb.weight.device
     max_len = model.config.max_seq_len
     generator = None
@@ -118,9 +144,9 @@ def generate_ids(
             logits = model(torch.tensor([pending], device=device), cache)[:, -1]
         else:
             logits = model(torch.tensor([context[-max_len:]], device=device))[:, -1]
-        token = int(sample_next(logits, cfg, generator)[0])
+        token = int(sample_next(logits, cfg, generator, vocab_size=vocab_size)[0])
         yield token
-        if cfg.stop_at_eos and token == eos_id:
+        if cfg.stop_at_eos and token in stop_ids:
             return
         context.append(token)
         pending = [token]
@@ -146,9 +172,9 @@ def stream_text(
     bytes by an incremental UTF-8 decoder, so a character split across tokens comes out
     whole once its last byte arrives, and what was emitted never changes.
     """
-    prompt_ids = tokenizer.encode(prompt) if prompt else []
-    if not prompt_ids:
-        prompt_ids = [tokenizer.eos_id]  # documents start after an EOS in training
+    # An empty prompt (and no BOS) starts after an EOS, as documents do in training.
+    prompt_ids = tokenizer.encode_prompt(prompt) or [tokenizer.eos_id]
+    stop_ids = set(tokenizer.eos_ids)
     new_ids: list[int] = []
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
     id_to_bytes = tokenizer.id_to_bytes
@@ -156,8 +182,11 @@ def stream_text(
     text = ""
     finish = "length"
     cut = -1  # where a stop string begins in the text, once one has
-    for token in generate_ids(model, prompt_ids, cfg, eos_id=tokenizer.eos_id):
-        if cfg.stop_at_eos and token == tokenizer.eos_id:
+    tokens = generate_ids(
+        model, prompt_ids, cfg, eos_id=tokenizer.eos_ids, vocab_size=tokenizer.vocab_size
+    )
+    for token in tokens:
+        if cfg.stop_at_eos and token in stop_ids:
             finish = "stop"
             break
         new_ids.append(token)

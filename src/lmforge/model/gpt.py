@@ -193,6 +193,11 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Logits (B, T, vocab_size) for token ids (B, T); with `cache`, T new tokens after it."""
+        return self.lm_head(self.hidden_states(idx, cache))  # (B, T, V)
+
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """The final normalised hidden states (B, T, d_model): what the LM head (or a
+        fine-tuning head) reads."""
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
         if start + T > self.config.max_seq_len:
@@ -213,7 +218,7 @@ class GPT(nn.Module):
             x = block(x, cache, rope)
         if cache is not None:
             cache.pos += T
-        return self.lm_head(self.norm_f(x))  # (B, T, V)
+        return self.norm_f(x)
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         c = self.config

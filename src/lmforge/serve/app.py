@@ -9,6 +9,15 @@ always a 4xx, never a 500.
 One model is loaded per server. Generation is CPU/GPU bound, so it runs in the threadpool to
 keep the event loop answering, and an asyncio lock lets one request generate at a time:
 two generations side by side would only fight for the same cores.
+
+`logprobs` (0-5) and `echo` follow OpenAI's legacy format: `choices[].logprobs` holds
+`tokens`, `token_logprobs` (null for the prompt's first token, which nothing predicts),
+`top_logprobs` and `text_offset` (where each token starts in prompt + completion). With
+``echo=true, logprobs=1, max_tokens=0`` the server scores text it did not write, which is
+how lm-evaluation-harness and `lmforge eval --endpoint` run multiple-choice tasks. Log-probs
+are those of the model's raw distribution (before temperature, top-k or top-p), computed by
+`lmforge.eval.scoring` in one pass over prompt + completion (rolling windows past the
+model's context), so they equal in-process scoring of the same checkpoint.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from lmforge.eval.scoring import sequence_logprobs, token_strings, top_strings
 from lmforge.infer.generate import (
     Completion,
     GenerationConfig,
@@ -43,6 +53,7 @@ from lmforge.train.trainer import resolve_device
 log = logging.getLogger(__name__)
 
 OPENAI_DEFAULT_MAX_TOKENS = 16  # what OpenAI's completions API uses when max_tokens is not given
+OPENAI_MAX_LOGPROBS = 5  # the most top_logprobs OpenAI's completions API returns per token
 GENERATE_DEFAULT_MAX_TOKENS = 200
 
 
@@ -117,7 +128,7 @@ class CompletionRequest(SamplingFields):
     stream_options: dict[str, Any] | None = None
     n: int | None = Field(default=None, ge=1)
     echo: bool = False
-    logprobs: int | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=OPENAI_MAX_LOGPROBS)
     best_of: int | None = None
     suffix: str | None = None
 
@@ -237,7 +248,7 @@ def build_app(run_dir: str | Path, cfg: ServeConfig) -> FastAPI:
 
     async def check_prompt(prompt: str, param: str) -> None:
         # Encoding a huge prompt takes a while; keep it off the event loop.
-        n = len(await run_in_threadpool(tokenizer.encode, prompt))
+        n = len(await run_in_threadpool(tokenizer.encode_prompt, prompt))
         if n > max_prompt:
             raise APIError(
                 400,
@@ -250,6 +261,12 @@ def build_app(run_dir: str | Path, cfg: ServeConfig) -> FastAPI:
     async def generate(prompt: str, gen: GenerationConfig) -> Completion:
         async with lock:
             return await run_in_threadpool(complete, model, tokenizer, prompt, gen)
+
+    async def score(prompt: str, done: Completion, top: int, echo: bool) -> dict[str, Any]:
+        async with lock:
+            return await run_in_threadpool(
+                completion_logprobs, model, tokenizer, prompt, done, top, echo
+            )
 
     # ------------------------------------------------------------ routes
 
@@ -296,8 +313,12 @@ def build_app(run_dir: str | Path, cfg: ServeConfig) -> FastAPI:
             raise APIError(400, f"n is {body.n}; only n=1 is supported", param="n")
         if body.best_of not in (None, 1):
             raise APIError(400, "best_of is not supported", param="best_of")
-        if body.logprobs:
-            raise APIError(400, "logprobs are not supported", param="logprobs")
+        if body.logprobs is not None and body.stream:
+            raise APIError(
+                400,
+                "logprobs with stream=true is not supported; ask without streaming",
+                param="logprobs",
+            )
         if body.suffix:
             raise APIError(400, "suffix is not supported", param="suffix")
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
@@ -320,8 +341,15 @@ def build_app(run_dir: str | Path, cfg: ServeConfig) -> FastAPI:
                 "choices": choices,
             }
 
-        def choice(index: int, text: str, finish_reason: str | None) -> dict[str, Any]:
-            return {"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}
+        def choice(
+            index: int, text: str, finish_reason: str | None, logprobs: Any = None
+        ) -> dict[str, Any]:
+            return {
+                "text": text,
+                "index": index,
+                "logprobs": logprobs,
+                "finish_reason": finish_reason,
+            }
 
         if not body.stream:
             # Several prompts are answered one after another, each as its own choice.
@@ -329,7 +357,10 @@ def build_app(run_dir: str | Path, cfg: ServeConfig) -> FastAPI:
             for i, prompt in enumerate(prompts):
                 done = await generate(prompt, gen)
                 text = prompt + done.text if body.echo else done.text
-                choices.append(choice(i, text, done.finish_reason))
+                logprobs = None
+                if body.logprobs is not None:
+                    logprobs = await score(prompt, done, body.logprobs, body.echo)
+                choices.append(choice(i, text, done.finish_reason, logprobs))
                 prompt_tokens += done.prompt_tokens
                 completion_tokens += len(done.token_ids)
             return {**envelope(choices), "usage": _usage(prompt_tokens, completion_tokens)}
@@ -368,6 +399,42 @@ def build_app(run_dir: str | Path, cfg: ServeConfig) -> FastAPI:
         )
 
     return app
+
+
+def completion_logprobs(
+    model: Any, tokenizer: Any, prompt: str, done: Completion, top: int, echo: bool
+) -> dict[str, Any]:
+    """OpenAI's `logprobs` object for a finished completion (and its prompt, with `echo`).
+
+    The completion's tokens are reported up to where its text ends (the tokens of a stop
+    string that was cut off are not). The prompt is scored as it is generated from: after a
+    BOS for a model trained with one (the BOS itself is not echoed, so offsets index the
+    prompt's text), and an empty prompt otherwise after an EOS.
+    """
+    context = tokenizer.encode_prompt(prompt) or [tokenizer.eos_id]
+    prompt_ids = tokenizer.encode(prompt)
+    first = len(context) - len(prompt_ids)  # the prompt's first token in `context`
+    new_strings, new_offsets, _ = token_strings(tokenizer, done.token_ids)
+    keep = sum(1 for off in new_offsets if off < len(done.text))
+    new_ids = list(done.token_ids[:keep])
+    scored = sequence_logprobs(model, context + new_ids, top=top)
+    tokens, offsets, values, tops = [], [], [], []
+    if echo and prompt_ids:
+        strings, prompt_offsets, _ = token_strings(tokenizer, prompt_ids)
+        tokens += strings
+        offsets += prompt_offsets
+        values += scored.logprobs[first : len(context)]
+        tops += scored.top[first : len(context)]
+    tokens += new_strings[:keep]
+    offsets += [len(prompt) + off for off in new_offsets[:keep]]  # into prompt + completion
+    values += scored.logprobs[len(context) :]
+    tops += scored.top[len(context) :]
+    return {
+        "tokens": tokens,
+        "token_logprobs": values,
+        "top_logprobs": [None if t is None else top_strings(tokenizer, t) for t in tops],
+        "text_offset": offsets,
+    }
 
 
 def _next_or_none(it: Iterator[str | Completion]) -> str | Completion | None:

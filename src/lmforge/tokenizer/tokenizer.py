@@ -14,6 +14,18 @@ No kind has a normalizer, so `decode(encode(s)) == s` for every string. Each kin
 tokens `<|bos|>`, `<|eos|>`, `<|pad|>` (ids 0, 1, 2). `Tokenizer.encode` treats text that happens
 to spell a special token as ordinary text, so data can never inject an EOS; callers add special
 ids explicitly (`tok.eos_id`).
+
+A fourth kind, `hf`, is not trained here: it is a `tokenizer.json` taken as it is from a Hugging
+Face model (`lmforge import hf`), with that model's own special tokens (`<|endoftext|>`, `<s>`,
+`</s>`, ...), named by role in `tokenizer_meta.json` (`special_roles`). Two more facts about the
+model it came from are kept there: `add_bos` (Llama and Mistral were trained with `<s>` before
+every sequence, which their `tokenizer.json` adds through its post-processor) and `eos_ids`
+(every id that ends a generation, e.g. Llama 3's `<|end_of_text|>` and `<|eot_id|>`).
+
+`encode` is the same for every kind: text to ids, no specials. Text that a model reads as a
+prompt or a document (generation, serving, evaluation contexts, classification) goes through
+`encode_prompt`, which also puts BOS first where the model expects it; for lmforge's own
+kinds the two are the same.
 """
 
 from __future__ import annotations
@@ -41,6 +53,8 @@ EOS = "<|eos|>"
 PAD = "<|pad|>"
 SPECIAL_TOKENS = (BOS, EOS, PAD)
 KINDS = ("bpe", "char", "byte")
+HF_KIND = "hf"  # imported from a Hugging Face model; loadable, never trained here
+ROLES = ("bos", "eos", "pad")
 
 TOKENIZER_FILE = "tokenizer.json"
 META_FILE = "tokenizer_meta.json"
@@ -103,20 +117,57 @@ class Tokenizer:
     """A thin wrapper over `tokenizers.Tokenizer` with lmforge's conventions.
 
     `encode` never adds BOS/EOS and never turns text into special ids; `decode` renders special
-    ids as their text, so round trips are exact.
+    ids as their text, so round trips are exact. `encode_prompt` is `encode` with BOS first
+    when `add_bos` (only ever set for an imported vocabulary whose model expects it).
     """
 
-    def __init__(self, hf: tokenizers.Tokenizer, kind: str) -> None:
-        if kind not in KINDS:
-            raise ValueError(f"unknown tokenizer kind {kind!r}; expected one of {KINDS}")
+    def __init__(
+        self,
+        hf: tokenizers.Tokenizer,
+        kind: str,
+        *,
+        special_roles: dict[str, str | None] | None = None,
+        add_bos: bool = False,
+        eos_ids: Iterable[int] = (),
+    ) -> None:
+        if kind not in (*KINDS, HF_KIND):
+            raise ValueError(
+                f"unknown tokenizer kind {kind!r}; expected one of {(*KINDS, HF_KIND)}"
+            )
         self._hf = hf
         # Not serialised in tokenizer.json, so it is set on every construction: literal
         # "<|eos|>" in the data is ordinary text, never the EOS id.
         self._hf.encode_special_tokens = True
         self._kind = kind
-        missing = [t for t in SPECIAL_TOKENS if hf.token_to_id(t) is None]
+        # role -> token text. Trained kinds always have lmforge's three; an imported (`hf`)
+        # vocabulary has its model's own, and may lack a BOS or a padding token, never an EOS.
+        if kind == HF_KIND:
+            roles = {r: (special_roles or {}).get(r) for r in ROLES}
+            if not roles["eos"]:
+                raise ValueError("an imported (hf) tokenizer needs an end-of-sequence token")
+        else:
+            roles = dict(zip(ROLES, SPECIAL_TOKENS, strict=True))
+        self._roles = roles
+        missing = [t for t in roles.values() if t is not None and hf.token_to_id(t) is None]
         if missing:
             raise ValueError(f"tokenizer lacks the special tokens {missing}; retrain it")
+        eos_ids = tuple(eos_ids)
+        if kind != HF_KIND and (add_bos or eos_ids):
+            # lmforge's own models never saw a BOS and end at <|eos|> only.
+            raise ValueError(
+                f"add_bos and eos_ids are for imported (hf) vocabularies, not {kind!r}"
+            )
+        if add_bos and roles["bos"] is None:
+            raise ValueError("add_bos is set but the tokenizer has no BOS token")
+        self._add_bos = bool(add_bos)
+        # The EOS role's id first, then any other id that ends a generation (imported models).
+        stops = [self._role_id("eos"), *eos_ids]
+        bad = [i for i in stops if type(i) is not int or not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(
+                f"eos_ids {bad} are not ids of this vocabulary (0..{self.vocab_size - 1})"
+            )
+        self._eos_ids = tuple(dict.fromkeys(stops))
         self._token_bytes: np.ndarray | None = None
         self._id_to_bytes: list[bytes] | None = None
 
@@ -133,22 +184,64 @@ class Tokenizer:
         return self._hf.get_vocab_size(with_added_tokens=True)
 
     @property
-    def bos_id(self) -> int:
-        return self._hf.token_to_id(BOS)
+    def bos_id(self) -> int | None:
+        """None only for an imported (hf) vocabulary without a BOS token."""
+        return self._role_id("bos")
 
     @property
     def eos_id(self) -> int:
-        return self._hf.token_to_id(EOS)
+        return self._role_id("eos")
 
     @property
-    def pad_id(self) -> int:
-        return self._hf.token_to_id(PAD)
+    def eos_ids(self) -> tuple[int, ...]:
+        """Every id that ends a generation: `eos_id` first (more only for imported models)."""
+        return self._eos_ids
+
+    @property
+    def add_bos(self) -> bool:
+        """Whether `encode_prompt` puts BOS first (the model was trained with it)."""
+        return self._add_bos
+
+    @property
+    def pad_id(self) -> int | None:
+        """None only for an imported (hf) vocabulary without a padding token."""
+        return self._role_id("pad")
+
+    @property
+    def special_roles(self) -> dict[str, str | None]:
+        """{"bos", "eos", "pad"} -> the token text standing for each (None: there is none)."""
+        return dict(self._roles)
+
+    def _role_id(self, role: str) -> int | None:
+        token = self._roles[role]
+        return None if token is None else self._hf.token_to_id(token)
+
+    def _special_ids(self) -> set[int]:
+        if self._kind != HF_KIND:
+            return {self._hf.token_to_id(t) for t in SPECIAL_TOKENS}
+        return {i for i, t in self._hf.get_added_tokens_decoder().items() if t.special}
 
     def encode(self, text: str) -> list[int]:
         return self._hf.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self._hf.encode_batch(texts, add_special_tokens=False)]
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """`text` as the model reads the start of a sequence: `encode`, after BOS if `add_bos`.
+
+        An empty text gives [BOS] or []; callers that need a token then start after an EOS,
+        as documents do in lmforge's training data.
+        """
+        return [*self._prompt_start(), *self.encode(text)]
+
+    def encode_prompt_batch(self, texts: list[str]) -> list[list[int]]:
+        """`encode_prompt` for each text (encoded in parallel, as `encode_batch`)."""
+        start = self._prompt_start()
+        return [[*start, *ids] for ids in self.encode_batch(texts)]
+
+    def _prompt_start(self) -> list[int]:
+        return [self._role_id("bos")] if self._add_bos else []
 
     def decode(self, ids: Iterable[int]) -> str:
         return self._hf.decode(list(ids), skip_special_tokens=False)
@@ -169,17 +262,27 @@ class Tokenizer:
         """
         if self._id_to_bytes is None:
             table = [b""] * self.vocab_size
-            specials = {self._hf.token_to_id(t) for t in SPECIAL_TOKENS}
+            specials = self._special_ids()
             byte_of = {c: b for b, c in _bytes_to_unicode().items()}
+            byte_level, metaspace = self._kind in ("bpe", "byte"), False
+            if self._kind == HF_KIND:
+                # An imported vocabulary says how it spells bytes through its decoder:
+                # GPT-2's ByteLevel, or SentencePiece's "▁" for a space with <0xNN> fallbacks.
+                decoder = json.dumps(json.loads(self.to_json()).get("decoder"), ensure_ascii=False)
+                byte_level = "ByteLevel" in decoder
+                metaspace = "Metaspace" in decoder or "\u2581" in decoder
+                specials |= set(self._hf.get_added_tokens_decoder())  # added tokens: as text
             for token, i in self._hf.get_vocab(with_added_tokens=True).items():
                 if i in specials:
                     table[i] = token.encode("utf-8")
-                elif self._kind == "char":
-                    is_fallback = len(token) == 6 and token.startswith("<0x") and token[-1] == ">"
-                    table[i] = bytes([int(token[3:5], 16)]) if is_fallback else token.encode()
-                else:
+                elif byte_level and all(c in byte_of for c in token):
                     # Byte-level tokens spell one printable character per byte.
                     table[i] = bytes(byte_of[c] for c in token)
+                else:
+                    is_fallback = len(token) == 6 and token.startswith("<0x") and token[-1] == ">"
+                    if metaspace:
+                        token = token.replace("\u2581", " ")
+                    table[i] = bytes([int(token[3:5], 16)]) if is_fallback else token.encode()
             self._id_to_bytes = table
         return self._id_to_bytes
 
@@ -192,8 +295,7 @@ class Tokenizer:
         """
         if self._token_bytes is None:
             out = np.array([len(b) for b in self.id_to_bytes], dtype=np.int32)
-            for t in SPECIAL_TOKENS:
-                out[self._hf.token_to_id(t)] = 0
+            out[sorted(self._special_ids())] = 0
             self._token_bytes = out
         return self._token_bytes
 
@@ -206,16 +308,23 @@ class Tokenizer:
         return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()
 
     def meta(self) -> dict[str, Any]:
-        return {
+        meta = {
             "kind": self._kind,
             "vocab_size": self.vocab_size,
             "bos_id": self.bos_id,
             "eos_id": self.eos_id,
             "pad_id": self.pad_id,
-            "special_tokens": {t: self._hf.token_to_id(t) for t in SPECIAL_TOKENS},
+            "special_tokens": {
+                t: self._hf.token_to_id(t) for t in self._roles.values() if t is not None
+            },
             "fingerprint": self.fingerprint,
             "lmforge_version": __version__,
         }
+        if self._kind == HF_KIND:
+            meta["special_roles"] = self.special_roles
+            meta["add_bos"] = self._add_bos
+            meta["eos_ids"] = list(self._eos_ids)
+        return meta
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write `tokenizer.json` and `tokenizer_meta.json` into `directory`, each atomically."""
@@ -331,9 +440,30 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
             f"{paths[TOKENIZER_FILE]} is not a valid tokenizer.json ({e}); {hint} again"
         ) from e
     kind = meta.get("kind") if isinstance(meta, dict) else None
-    if kind not in KINDS:
-        raise ValueError(f"{paths[META_FILE]} has kind={kind!r}; expected one of {KINDS}")
-    tok = Tokenizer(hf, kind)
+    if kind not in (*KINDS, HF_KIND):
+        raise ValueError(
+            f"{paths[META_FILE]} has kind={kind!r}; expected one of {(*KINDS, HF_KIND)}"
+        )
+    roles = meta.get("special_roles")
+    if kind == HF_KIND and not (isinstance(roles, dict) and roles.get("eos")):
+        raise ValueError(
+            f"{paths[META_FILE]} has kind='hf' but no special_roles with an 'eos' token; "
+            "import the model again with `lmforge import hf`"
+        )
+    extra: dict[str, Any] = {}
+    if kind == HF_KIND:
+        # Runs imported before these fields existed lack them: no BOS, one EOS, as then.
+        extra = {"add_bos": meta.get("add_bos", False), "eos_ids": meta.get("eos_ids", [])}
+        if not isinstance(extra["add_bos"], bool) or not isinstance(extra["eos_ids"], list):
+            raise ValueError(
+                f"{paths[META_FILE]}: add_bos must be true/false and eos_ids a list of ids, got "
+                f"add_bos={extra['add_bos']!r}, eos_ids={extra['eos_ids']!r}; import the model "
+                "again with `lmforge import hf`"
+            )
+    try:
+        tok = Tokenizer(hf, kind, special_roles=roles if kind == HF_KIND else None, **extra)
+    except ValueError as e:
+        raise ValueError(f"{directory}: {e}") from None
     if meta.get("fingerprint") != tok.fingerprint:
         logger.warning(
             "%s was changed after it was saved (fingerprint %s, meta says %s); token data "

@@ -178,8 +178,11 @@ def peak_flops(device: torch.device) -> float:
         return 0.0
     threads = torch.get_num_threads()
     if threads not in _cpu_peak_cache:
-        a = torch.randn(1024, 1024)
-        b = torch.randn(1024, 1024)
+        # Its own generator: drawing from the global one would shift the dropout masks of a
+        # run seeded just before (the first run in a process would differ from later ones).
+        gen = torch.Generator().manual_seed(0)
+        a = torch.randn(1024, 1024, generator=gen)
+        b = torch.randn(1024, 1024, generator=gen)
         a @ b  # warm up
         n, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < 0.3:
@@ -305,19 +308,20 @@ def _train(
                 "none at all to reuse "
                 f"{run_dir / 'config.json'}"
             )
-        # The optimizer state comes from the checkpoint, but each group's peak LR from this
-        # run's config: a resume with a new --optim.lr means it (and older checkpoints
-        # have no initial_lr at all).
-        peak_lrs = [group["initial_lr"] for group in optimizer.param_groups]
+        # The optimizer state (moments, step counts) comes from the checkpoint, but every
+        # setting of each group (peak LR, betas, weight decay) from this run's config: a
+        # resume with a new --optim.lr means it, whatever world size wrote the checkpoint.
+        settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         state = _load_resume_state(cfg, src, model, optimizer, world, device)
-        for group, peak in zip(optimizer.param_groups, peak_lrs, strict=True):
-            group["initial_lr"] = peak
+        for group, setting in zip(optimizer.param_groups, settings, strict=True):
+            group.update(setting)
         start_step = state["step"]
         best_val = state.get("best_val_loss", math.inf)
         tokens_seen = state.get("tokens_seen", 0)
         elapsed_before = state.get("elapsed_s", 0.0)
         train_s = state.get("train_s", 0.0)
-        log.info("resumed %s at step %d", src, start_step)
+        if world.is_main:
+            log.info("resumed %s at step %d", src, start_step)
     metrics = None
     if world.is_main:
         write_json_atomic(run_dir / "config.json", config_dict)
@@ -326,7 +330,8 @@ def _train(
     step_fn = torch.compile(step_module) if tc.compile else step_module
     tokens_per_step = tc.batch_size * tc.grad_accum_steps * seq_len
     flops_per_step = model.flops_per_token(seq_len) * tokens_per_step
-    peak = tc.peak_flops or peak_flops(device)
+    # Only rank 0 logs MFU; a matmul benchmark on every rank at once would skew it.
+    peak = (tc.peak_flops or peak_flops(device)) if world.is_main else 0.0
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     def run_eval(step: int) -> float:
@@ -354,7 +359,9 @@ def _train(
 
     def save(step: int, *, is_best: bool) -> None:
         # Losses since the last log line have not been checked yet: never save NaN weights.
-        if not torch.isfinite(window_loss):
+        # Every rank must decide alike, or some would wait in the save's collectives forever.
+        (bad,) = D.all_reduce_sum([0.0 if torch.isfinite(window_loss) else 1.0], world, device)
+        if bad:
             raise FloatingPointError(
                 f"loss became non-finite before step {step}; nothing was saved. Lower "
                 "optim.lr or enable train.grad_clip, then resume from the last checkpoint"
@@ -524,6 +531,10 @@ def check_distributed(cfg: RunConfig, world: D.World) -> None:
             "processes: the batch is global and each rank takes an equal share; choose a "
             f"multiple of {world.size}"
         )
+    if cfg.distributed.backend == "nccl" and resolve_device(cfg.train.device).type != "cuda":
+        raise ConfigError(
+            "distributed.backend='nccl' needs CUDA devices; use 'gloo' (or 'auto') on CPUs"
+        )
     if cfg.distributed.strategy == "fsdp" and cfg.optim.name == "muon":
         raise ConfigError(
             "optim.name='muon' needs whole weight matrices, which FSDP shards; use "
@@ -547,8 +558,8 @@ def _load_resume_state(
         return ckpt.load_train_state(src, optimizer)
     # A single-process checkpoint into N processes: load it as one process would, then hand
     # the whole state to the wrapped model, which keeps its own part.
-    twin = GPT(cfg.model).to(device)
-    twin_optimizer = build_optimizer(twin, cfg.optim, device.type)
+    twin = GPT(cfg.model)  # on the CPU: the accelerator holds only this rank's part
+    twin_optimizer = build_optimizer(twin, cfg.optim, "cpu")
     ckpt.load_model_weights(twin, src / "model.safetensors")
     state = ckpt.load_train_state(src, twin_optimizer)
     D.load_full_into(model, optimizer, twin, twin_optimizer)

@@ -2,12 +2,13 @@
 
 A step is a small `@dataclass(kw_only=True)` whose fields are its settings (so a recipe table
 maps onto it one to one, like every other lmforge config) with one method, `process`, that
-takes a `Document` and returns either the document (its text or meta possibly changed) or a
-`Rejected` saying why it was dropped. Steps hold no per-corpus state, so the pipeline can run
-them in any number of worker processes; a step that needs an expensive resource (a language
-model, a word list) loads it in `setup`, which each worker calls once before the first
-document. Steps that must see the whole corpus (deduplication) are stages of the pipeline, not
-steps.
+takes a `Document` and returns either the document (its text or meta possibly changed), a
+`Rejected` saying why it was dropped, or a `Kept` document with a note for the report (what the
+step could not judge, such as a document with no URL for a URL filter). Steps hold no
+per-corpus state, so the pipeline can run them in any number of worker processes; a step that
+needs an expensive resource (a language model, a word list) loads it in `setup`, which each
+worker calls once before the first document. Steps that must see the whole corpus
+(deduplication) are stages of the pipeline, not steps.
 
 Recipes name steps by their registered name:
 
@@ -21,6 +22,8 @@ Recipes name steps by their registered name:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -37,6 +40,15 @@ class Rejected:
     detail: str = ""
 
 
+@dataclass(frozen=True)
+class Kept:
+    """A document a step let through with a short stable `note` that the pipeline counts per
+    step, like drop reasons ("no_url": the URL filter had nothing to check)."""
+
+    doc: Document
+    note: str
+
+
 @dataclass(kw_only=True)
 class Step:
     """Base class of every pipeline step; subclasses set `name` and implement `process`."""
@@ -46,8 +58,14 @@ class Step:
     def setup(self) -> None:
         """Load what the step needs once per worker process (models, word lists)."""
 
-    def process(self, doc: Document) -> Document | Rejected:
+    def process(self, doc: Document) -> Document | Rejected | Kept:
         raise NotImplementedError
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What the step's results depend on, for the pipeline to tell whether finished work
+        can be reused: its settings, plus (in steps that read a file named in a setting, such
+        as a word list) a hash of that file's content, so that editing the file redoes it."""
+        return step_settings(self)
 
 
 STEPS: dict[str, type[Step]] = {}
@@ -77,3 +95,12 @@ def build_step(table: dict[str, Any], where: str = "steps") -> Step:
 def step_settings(step: Step) -> dict[str, Any]:
     """The recipe table of a configured step (the inverse of `build_step`)."""
     return {"name": step.name, **dataclasses.asdict(step)}
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (for `Step.fingerprint`)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()

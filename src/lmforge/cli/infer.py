@@ -1,0 +1,95 @@
+"""`lmforge generate` and `lmforge serve`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lmforge.cli import _checkpoint_arg, command
+
+
+def _sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate at most")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy; higher = wilder")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest (0 = all)")
+    p.add_argument(
+        "--top-p", type=float, default=1.0, help="sample among the likeliest tokens summing to p"
+    )
+    p.add_argument(
+        "--stop", action="append", default=[], help="stop before this string (repeatable)"
+    )
+    p.add_argument("--seed", type=int, help="random seed, for a reproducible sample")
+
+
+def _generate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="a run directory written by `lmforge train`")
+    p.add_argument("--prompt", default="", help="text to continue (default: start a document)")
+    _sampling_args(p)
+    p.add_argument("--no-cache", action="store_true", help="recompute the context each step")
+    _checkpoint_arg(p)
+
+
+@command("generate", help="sample text from a run, streamed to stdout", args=_generate_args)
+def cmd_generate(a: argparse.Namespace) -> int:
+    from lmforge.infer.generate import (
+        Completion,
+        GenerationConfig,
+        prepare_for_decoding,
+        stream_text,
+    )
+    from lmforge.infer.load import load_run
+    from lmforge.train.trainer import resolve_device
+
+    run = load_run(a.run, which=a.checkpoint, device=resolve_device(a.device))
+    prepare_for_decoding(run.model)
+    cfg = GenerationConfig(
+        max_new_tokens=a.max_new_tokens,
+        temperature=a.temperature,
+        top_k=a.top_k,
+        top_p=a.top_p,
+        stop=tuple(a.stop),
+        seed=a.seed,
+        use_cache=not a.no_cache,
+    )
+    sys.stdout.write(a.prompt)
+    for piece in stream_text(run.model, run.tokenizer, a.prompt, cfg):
+        if isinstance(piece, Completion):
+            break
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="a run directory written by `lmforge train`")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
+    p.add_argument(
+        "--max-prompt-tokens", type=int, default=0, help="longest prompt accepted (0 = context)"
+    )
+    p.add_argument(
+        "--max-tokens-limit", type=int, default=1024, help="largest max_tokens a request may ask"
+    )
+    p.add_argument("--model-name", help="the model id reported by /v1/models (default: run name)")
+    _checkpoint_arg(p)
+
+
+@command(
+    "serve", help="serve a run over HTTP (/generate and OpenAI-compatible /v1)", args=_serve_args
+)
+def cmd_serve(a: argparse.Namespace) -> int:
+    from lmforge.serve.app import ServeConfig, serve
+
+    cfg = ServeConfig(
+        host=a.host,
+        port=a.port,
+        max_prompt_tokens=a.max_prompt_tokens,
+        max_tokens_limit=a.max_tokens_limit,
+        model_name=a.model_name or Path(a.run).resolve().name,
+        checkpoint=a.checkpoint,
+        device=a.device,
+    )
+    serve(a.run, cfg)
+    return 0

@@ -1,0 +1,285 @@
+"""Zero- and few-shot multiple-choice evaluation, scored as lm-evaluation-harness scores it.
+
+A task is a JSONL file, one item per line: ``{"context": str, "choices": [str, ...],
+"gold": int}``. Records of HellaSwag (`ctx`, `endings`, `label`), PIQA (`goal`, `sol1`,
+`sol2`, `label`) and ARC (`question`, `choices.text`, `choices.label`, `answerKey`, in the
+Hugging Face layout or the original one with `question.stem`) are read by adapters that build
+the harness's prompts (`lm_eval/tasks/{hellaswag,piqa,arc}`), HellaSwag with its
+`[title]`/`[header]`/double-space clean-up.
+
+Each choice is a continuation of the context after one space (the harness's
+`target_delimiter`), scored by `lmforge.eval.scoring`. Three accuracies, as in the harness:
+
+- `acc`: the choice with the highest summed log-likelihood;
+- `acc_norm`: log-likelihood divided by the choice's length in characters (what the
+  harness's code divides by; its docs call it byte-length normalization);
+- `acc_bytes`: divided by the choice's length in UTF-8 bytes (the harness's `acc_bytes`).
+
+With `num_fewshot` K, each item's context is preceded by K solved examples
+(``context + " " + gold choice``, joined by blank lines, as the harness formats them), drawn
+from a separate file or from the task itself without the item. The draw for item i uses a
+generator seeded with (seed, i), so an item's prompt does not depend on `limit`, batching or
+the other items (the harness draws from one generator in item order instead).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmforge.eval.lm import EvalLM
+from lmforge.eval.metrics import mean_stderr
+
+MC_FORMATS = ("mc", "hellaswag", "piqa", "arc")
+TARGET_DELIMITER = " "  # between context and choice, as the harness's default
+FEWSHOT_DELIMITER = "\n\n"  # between solved examples
+
+
+class TaskError(ValueError):
+    """A task file that cannot be read as the format asked for; names the file and line."""
+
+
+@dataclass
+class MCItem:
+    context: str
+    choices: list[str]
+    gold: int
+    source: str  # "file:line", for error messages and the per-item samples
+
+
+def hellaswag_preprocess(text: str) -> str:
+    """The harness's HellaSwag clean-up: WikiHow's bracketed markup and double spaces go."""
+    text = text.strip()
+    text = text.replace(" [title]", ". ")
+    text = re.sub("\\[.*?\\]", "", text)
+    return text.replace("  ", " ")
+
+
+def _from_mc(r: dict[str, Any]) -> tuple[str, list[str], int]:
+    return r["context"], list(r["choices"]), r["gold"]
+
+
+def _from_hellaswag(r: dict[str, Any]) -> tuple[str, list[str], int]:
+    if "ctx_a" in r:
+        ctx = r["ctx_a"] + " " + r["ctx_b"].capitalize()
+    else:
+        ctx = r["ctx"]
+    query = hellaswag_preprocess(r["activity_label"] + ": " + ctx)
+    return query, [hellaswag_preprocess(e) for e in r["endings"]], int(r["label"])
+
+
+def _from_piqa(r: dict[str, Any]) -> tuple[str, list[str], int]:
+    return f"Question: {r['goal']}\nAnswer:", [r["sol1"], r["sol2"]], int(r["label"])
+
+
+def _from_arc(r: dict[str, Any]) -> tuple[str, list[str], int]:
+    question, choices = r["question"], r.get("choices")
+    if isinstance(question, dict):  # the original ARC JSONL: question.stem, question.choices
+        choices = {
+            "text": [c["text"] for c in question["choices"]],
+            "label": [c["label"] for c in question["choices"]],
+        }
+        question = question["stem"]
+    labels = [str(x) for x in choices["label"]]
+    key = str(r["answerKey"])
+    if key not in labels:
+        raise KeyError(f"answerKey {key!r} is not one of the choice labels {labels}")
+    return f"Question: {question}\nAnswer:", list(choices["text"]), labels.index(key)
+
+
+ADAPTERS = {"mc": _from_mc, "hellaswag": _from_hellaswag, "piqa": _from_piqa, "arc": _from_arc}
+REQUIRED = {
+    "mc": ("context", "choices", "gold"),
+    "hellaswag": ("activity_label", "endings", "label"),
+    "piqa": ("goal", "sol1", "sol2", "label"),
+    "arc": ("question", "answerKey"),
+}
+
+
+def detect_format(record: dict[str, Any]) -> str | None:
+    """The multiple-choice format a record looks like, or None (e.g. a generation record)."""
+    if {"endings", "label"} <= record.keys() and ("ctx" in record or "ctx_a" in record):
+        return "hellaswag"
+    if {"goal", "sol1", "sol2"} <= record.keys():
+        return "piqa"
+    if {"question", "answerKey"} <= record.keys():
+        return "arc"
+    if {"context", "choices", "gold"} <= record.keys():
+        return "mc"
+    return None
+
+
+def read_jsonl(path: str | Path) -> Iterable[tuple[int, dict[str, Any]]]:
+    """(line number, record) for each non-blank line; bad JSON names the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"task file {path} does not exist")
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise TaskError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(record, dict):
+                raise TaskError(f"{path}:{lineno}: expected a JSON object, got {record!r:.60}")
+            yield lineno, record
+
+
+def read_records(path: str | Path) -> Iterable[tuple[str, dict[str, Any]]]:
+    """("file:line" or "file[i]", record) for a JSONL file or a .json array of objects."""
+    path = Path(path)
+    if path.suffix != ".json":
+        for lineno, record in read_jsonl(path):
+            yield f"{path}:{lineno}", record
+        return
+    if not path.is_file():
+        raise FileNotFoundError(f"task file {path} does not exist")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise TaskError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise TaskError(f"{path}: expected a JSON array of objects (or JSONL, one a line)")
+    for i, record in enumerate(data):
+        yield f"{path}[{i}]", record
+
+
+def load_mc_items(
+    path: str | Path, fmt: str = "auto", *, limit: int | None = None
+) -> tuple[list[MCItem], str]:
+    """The items of a multiple-choice task file and the format they were read as."""
+    if fmt not in ("auto", *MC_FORMATS):
+        raise TaskError(f"unknown multiple-choice format {fmt!r}; use auto or {MC_FORMATS}")
+    items: list[MCItem] = []
+    for where, record in read_records(path):
+        if limit is not None and len(items) >= limit:
+            break
+        if fmt == "auto":
+            fmt = detect_format(record) or ""
+            if not fmt:
+                raise TaskError(
+                    f"{where}: cannot tell the task format from the fields {sorted(record)}; "
+                    'write {"context", "choices", "gold"} records or pass --format '
+                    "hellaswag|piqa|arc"
+                )
+        missing = [k for k in REQUIRED[fmt] if k not in record]
+        if missing:
+            raise TaskError(f"{where}: a {fmt} record needs the fields {missing}")
+        try:
+            context, choices, gold = ADAPTERS[fmt](record)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise TaskError(f"{where}: not a valid {fmt} record ({e})") from None
+        if not isinstance(context, str) or not all(isinstance(c, str) for c in choices):
+            raise TaskError(f"{where}: the context and every choice must be strings")
+        if len(choices) < 2:
+            raise TaskError(f"{where}: {len(choices)} choice(s); a question needs at least 2")
+        if isinstance(gold, bool) or not isinstance(gold, int) or not 0 <= gold < len(choices):
+            raise TaskError(
+                f"{where}: gold is {gold!r}; it must be the index (0 to {len(choices) - 1}) "
+                "of the right choice"
+            )
+        items.append(MCItem(context=context, choices=choices, gold=gold, source=where))
+    if not items:
+        raise TaskError(f"{path} holds no items")
+    return items, fmt
+
+
+def fewshot_prefix(
+    index: int,
+    k: int,
+    pool: Sequence[MCItem],
+    *,
+    seed: int,
+    exclude: MCItem | None = None,
+) -> str:
+    """K solved examples for item `index`, drawn from `pool` without `exclude`."""
+    if k <= 0:
+        return ""
+    candidates = [p for p in pool if p is not exclude]
+    if len(candidates) < k:
+        raise TaskError(
+            f"{k} few-shot examples asked for, but only {len(candidates)} are available"
+        )
+    shots = random.Random(f"{seed}:{index}").sample(candidates, k)
+    solved = [s.context + TARGET_DELIMITER + s.choices[s.gold] for s in shots]
+    return FEWSHOT_DELIMITER.join(solved) + FEWSHOT_DELIMITER
+
+
+def evaluate_multiple_choice(
+    lm: EvalLM,
+    items: Sequence[MCItem],
+    *,
+    num_fewshot: int = 0,
+    fewshot_items: Sequence[MCItem] | None = None,
+    seed: int = 1234,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """acc, acc_norm and acc_bytes (with standard errors) of `lm` on `items`, and per-item rows.
+
+    Few-shot examples come from `fewshot_items` when given, else from `items` without the
+    item being asked.
+    """
+    if num_fewshot < 0:
+        raise ValueError(f"num_fewshot must be >= 0, got {num_fewshot}")
+    pool = fewshot_items if fewshot_items is not None else items
+    pairs: list[tuple[str, str]] = []
+    contexts: list[str] = []
+    for i, item in enumerate(items):
+        exclude = None if fewshot_items is not None else item
+        ctx = fewshot_prefix(i, num_fewshot, pool, seed=seed, exclude=exclude) + item.context
+        contexts.append(ctx)
+        pairs.extend((ctx, TARGET_DELIMITER + choice) for choice in item.choices)
+    scores = lm.loglikelihood(pairs, batch_size=batch_size, progress=progress)
+
+    acc, acc_norm, acc_bytes, samples = [], [], [], []
+    truncated = 0
+    pos = 0
+    for item, ctx in zip(items, contexts):
+        got = scores[pos : pos + len(item.choices)]
+        pos += len(item.choices)
+        lls = np.array([s.logprob for s in got])
+        chars = np.array([float(len(c)) for c in item.choices])
+        nbytes = np.array([float(len(c.encode("utf-8"))) for c in item.choices])
+        pred = int(np.argmax(lls))
+        pred_norm = int(np.argmax(lls / chars))
+        pred_bytes = int(np.argmax(lls / nbytes))
+        acc.append(float(pred == item.gold))
+        acc_norm.append(float(pred_norm == item.gold))
+        acc_bytes.append(float(pred_bytes == item.gold))
+        truncated += any(s.truncated for s in got)
+        samples.append(
+            {
+                "source": item.source,
+                "gold": item.gold,
+                "pred": pred,
+                "pred_norm": pred_norm,
+                "loglik": [s.logprob for s in got],
+                "tokens": [s.tokens for s in got],
+                "is_greedy": [s.is_greedy for s in got],
+                "truncated": any(s.truncated for s in got),
+                "context_chars": len(ctx),
+            }
+        )
+    result: dict[str, Any] = {"kind": "multiple_choice", "n": len(items)}
+    for name, values in (("acc", acc), ("acc_norm", acc_norm), ("acc_bytes", acc_bytes)):
+        mean, stderr = mean_stderr(values)
+        result[name] = mean
+        result[f"{name}_stderr"] = stderr
+    result.update(
+        num_fewshot=num_fewshot,
+        fewshot_seed=seed,
+        truncated=truncated,
+        chance=float(np.mean([1 / len(item.choices) for item in items])),
+        samples=samples,
+    )
+    return result

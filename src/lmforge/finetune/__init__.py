@@ -1,0 +1,1 @@
+"""Fine-tuning: classification heads and LoRA adapters on pretrained lmforge models."""
