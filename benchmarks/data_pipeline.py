@@ -423,7 +423,7 @@ def run_datatrove(
     result = json.loads((out / "result.json").read_text())
     docs, size = _jsonl_stats(sorted((out / "out").glob("*.jsonl")))
     fig.update(docs_in=result["docs_in"], docs_out=docs, output_mb=round(size / 1e6, 2))
-    fig.update(tasks=tasks, stage_wall_s=result["stage_wall_s"])
+    fig.update(tasks=tasks, stage_wall_s=result["stage_wall_s"], dropped=result["dropped"])
     return fig
 
 

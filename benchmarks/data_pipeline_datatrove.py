@@ -172,8 +172,27 @@ def main(config_path: str) -> None:
             if written != c["tasks"]:  # later stages find documents by the rank of their file
                 raise SystemExit(f"only {written} of {c['tasks']} tasks wrote documents")
     ftfy = next(s for s in stats["1_extract_filter"] if "FTFY" in s["name"])
-    result = {"stage_wall_s": seconds, "docs_in": ftfy["stats"]["total"]}
+    result = {"stage_wall_s": seconds, "docs_in": ftfy["stats"]["total"], "dropped": _drops(stats)}
     (work / "result.json").write_text(json.dumps(result))
+
+
+def _drops(stats: dict[str, list[dict]]) -> dict[str, int]:
+    """Documents dropped by each filter (by reason) and by each dedup, from datatrove's stats."""
+    out: dict[str, int] = {}
+    for steps in stats.values():
+        for step in steps:
+            name, counts = step["name"], step["stats"]
+            if "FILTER" in name:
+                for key, value in counts.items():
+                    if key.startswith("dropped_"):
+                        out[key.removeprefix("dropped_")] = value
+            for what, label in (
+                ("exact-deduplication stage 3", "exact_duplicate"),
+                ("MinHash stage 4", "near_duplicate"),
+            ):
+                if what in name:
+                    out[label] = counts.get("dropped", 0)
+    return out
 
 
 if __name__ == "__main__":

@@ -9,10 +9,10 @@ import re
 import sys
 import zipfile
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
+from conftest import shared
 from lmforge.config import ConfigError
 from lmforge.data.clean import STEPS, Rejected, build_step, step_settings
 from lmforge.data.clean.blocklist import DEFAULT_WORDS
@@ -23,15 +23,6 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def shared(rel: str) -> Path:
-    path = SHARED / rel
-    if not path.exists():
-        pytest.skip(f"shared data file {path} not available")
-    return path
 
 
 def doc(text: str, **meta) -> Document:

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
+from conftest import shared
 from lmforge.corpora import BUNDLED, corpus_path
 from lmforge.data.document import DataError
 from lmforge.data.prepare import (
@@ -27,15 +28,6 @@ from lmforge.data.prepare import (
     split_files,
 )
 from lmforge.data.readers import ReadReport, iter_documents
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def shared(rel: str) -> Path:
-    path = SHARED / rel
-    if not path.exists():
-        pytest.skip(f"shared data file {path} not available")
-    return path
 
 
 def texts(inputs, **kw) -> list[str]:

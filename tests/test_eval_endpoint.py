@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,8 +10,8 @@ import httpx
 import openai
 import pytest
 import torch
-import uvicorn
 
+from conftest import serving
 from lmforge.cli import main
 from lmforge.eval.endpoint import EndpointError, EndpointLM
 from lmforge.eval.generation import GenerationTaskConfig, evaluate_generation, load_generation_items
@@ -29,20 +26,8 @@ MODEL = "tiny"
 def base_url(tiny_run: Path) -> Iterator[str]:
     """`lmforge serve` of the tiny run on a free local port, in a background thread."""
     app = build_app(tiny_run, ServeConfig(model_name=MODEL, max_tokens_limit=64, device="cpu"))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+    with serving(app) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SHARED_DATA as SHARED
+from conftest import shared
 from lmforge.cli import main
 from lmforge.config import ConfigError
 from lmforge.data.document import DataError
@@ -31,15 +33,7 @@ from lmforge.data.readers import (
 )
 from lmforge.data.report import merge_read_reports
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ENWIKI = "wikipedia-sample/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
-
-
-def shared(rel: str) -> Path:
-    path = SHARED / rel
-    if not path.exists():
-        pytest.skip(f"shared data file {path} not available")
-    return path
 
 
 def read(inputs, **kw) -> tuple[list, ReadReport]:

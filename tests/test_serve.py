@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
-import uvicorn
 
+from conftest import serving
 from lmforge.infer.generate import GenerationConfig, complete
 from lmforge.infer.load import load_run
 from lmforge.serve.app import ServeConfig, build_app
@@ -25,24 +23,11 @@ CONTEXT = 64  # model.max_seq_len of the tiny_run fixture
 
 @pytest.fixture(scope="module")
 def base_url(tiny_run: Path) -> Iterator[str]:
-    """A uvicorn server on a free local port, in a background thread, for this module."""
+    """`lmforge serve` of the tiny run on a free local port, in a background thread."""
     cfg = ServeConfig(model_name=MODEL, max_tokens_limit=MAX_TOKENS_LIMIT, device="cpu")
     app = build_app(tiny_run, cfg)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+    with serving(app) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -76,6 +76,7 @@ from lmforge.data.prepare import (
     MANIFEST_FORMAT,
     MANIFEST_VERSION,
     Piece,
+    check_split_fractions,
     split_of,
     write_contiguous,
 )
@@ -139,12 +140,7 @@ class PipelineConfig:
     steps: list[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        for name in ("val_fraction", "test_fraction"):
-            v = getattr(self, name)
-            if not 0 <= v < 1:
-                raise ValueError(f"{name}={v}; expected a fraction in [0, 1), e.g. 0.05")
-        if self.val_fraction + self.test_fraction >= 1:
-            raise ValueError("val_fraction + test_fraction must be less than 1")
+        check_split_fractions(self.val_fraction, self.test_fraction)
         if self.engine not in ENGINES:
             raise ValueError(f"engine={self.engine!r}; expected one of {ENGINES}")
         if self.dask_address and self.engine != "dask":

@@ -53,6 +53,18 @@ _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+def check_split_fractions(val_fraction: float, test_fraction: float) -> None:
+    """Both in [0, 1) and leaving something to train on, or a ValueError saying which."""
+    for name, v in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0 <= v < 1:
+            raise ValueError(f"{name}={v}; expected a fraction in [0, 1), e.g. 0.05")
+    if val_fraction + test_fraction >= 1:
+        raise ValueError(
+            f"val_fraction + test_fraction = {val_fraction + test_fraction}; "
+            "expected less than 1 so that something is left to train on"
+        )
+
+
 @dataclass(kw_only=True)
 class PrepareConfig:
     """How raw text becomes split, cleaned JSONL shards."""
@@ -71,15 +83,7 @@ class PrepareConfig:
     max_part_chars: int = DEFAULT_MAX_PART_CHARS
 
     def __post_init__(self) -> None:
-        for name in ("val_fraction", "test_fraction"):
-            v = getattr(self, name)
-            if not 0 <= v < 1:
-                raise ValueError(f"{name}={v}; expected a fraction in [0, 1), e.g. 0.05")
-        if self.val_fraction + self.test_fraction >= 1:
-            raise ValueError(
-                f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction}; "
-                "expected less than 1 so that something is left to train on"
-            )
+        check_split_fractions(self.val_fraction, self.test_fraction)
         if self.on_bad_record not in BAD_RECORD_MODES:
             raise ValueError(
                 f"on_bad_record={self.on_bad_record!r}; expected one of {BAD_RECORD_MODES}"
