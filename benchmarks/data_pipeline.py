@@ -528,7 +528,10 @@ def main(argv: list[str] | None = None) -> int:
         "folder, removed at the end)",
     )
     a = p.parse_args(argv)
-    sizes = [float(s) for s in a.sizes.split(",") if s.strip()]
+    try:
+        sizes = [float(s) for s in a.sizes.split(",") if s.strip()]
+    except ValueError:
+        p.error(f"--sizes {a.sizes!r}: expected numbers of MB, e.g. 25,50")
     if not sizes or min(sizes) <= 0 or a.workers < 1 or a.repeats < 1:
         p.error("--sizes must be positive numbers, --workers and --repeats 1 or more")
     systems = ["lmforge"]
