@@ -140,9 +140,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     seeds = [int(s) for s in args.seeds.split(",")]
-    # The trainer's first peak-FLOPs measurement at a thread count draws from torch's global
-    # RNG after seeding, so the first run of a process gets other dropout masks than the same
-    # config run later. Measure it now: every trial then trains exactly as any other would.
+    # Measure the CPU's peak once, before any trial, so no trial's timing includes it.
     torch.set_num_threads(args.threads)
     peak_flops(torch.device("cpu"))
 

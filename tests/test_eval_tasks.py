@@ -274,8 +274,14 @@ def test_bad_items_name_the_file_and_line(tmp_path, record, message):
 
 
 def test_fewshot_draws_are_deterministic_and_leave_the_item_out():
-    pool = [MCItem(context=f"q{i}", choices=["x", "y"], gold=i % 2, source="") for i in range(9)]
-    a = fewshot_prefix(3, 4, pool, seed=1, exclude=pool[3])
+    pool = [
+        MCItem(context=f"q{i}", choices=["x", "y"], gold=i % 2, source=f"t.jsonl:{i + 1}")
+        for i in range(9)
+    ]
+    # The item as read again from the same file (as the task is when it is its own pool):
+    # another object, the same file and line.
+    item = MCItem(context="q3", choices=["x", "y"], gold=1, source="t.jsonl:4")
+    a = fewshot_prefix(3, 4, pool, seed=1, exclude=item)
     assert a == fewshot_prefix(3, 4, pool, seed=1, exclude=pool[3])
     assert a != fewshot_prefix(3, 4, pool, seed=2, exclude=pool[3])
     shots = a.split("\n\n")[:-1]
@@ -283,6 +289,16 @@ def test_fewshot_draws_are_deterministic_and_leave_the_item_out():
     assert all(s in {f"q{i} {'xy'[i % 2]}" for i in range(9)} for s in shots)
     with pytest.raises(TaskError, match="only 8 are available"):
         fewshot_prefix(0, 9, pool, seed=1, exclude=pool[0])
+
+
+def test_limit_never_changes_an_items_few_shot_prompt(local, tmp_path):
+    from lmforge.eval.tasks import TaskConfig, evaluate_task
+
+    records = [{"context": f"q{i}:", "choices": [" a", " b"], "gold": i % 2} for i in range(12)]
+    task = write_jsonl(tmp_path / "t.jsonl", records)
+    full = evaluate_task(local, TaskConfig(task=task, num_fewshot=3))
+    first = evaluate_task(local, TaskConfig(task=task, num_fewshot=3, limit=4))
+    assert first["samples"] == full["samples"][:4]  # same shots, same prompts, same scores
 
 
 # ---------------------------------------------------------------- metrics, checked by hand

@@ -253,6 +253,23 @@ def test_out_of_memory_fails_the_trial_not_the_sweep(tmp_path, tiny_tokens, monk
     assert second.state == TrialState.COMPLETE and summary["best"]["number"] == 1
 
 
+def test_a_non_finite_final_val_loss_fails_the_trial_once(tmp_path, tiny_tokens, monkeypatch):
+    from lmforge.train import trainer
+
+    real_train = trainer.train
+
+    def nan_at_the_end(*args, **kwargs):
+        return {**real_train(*args, **kwargs), "final_val_loss": float("nan")}
+
+    monkeypatch.setattr(trainer, "train", nan_at_the_end)
+    cfg = sweep(tmp_path, tiny_tokens, "[optim]\nlr = [1e-3, 3e-3]", sampler="grid", n_trials=2)
+    run_sweep(cfg, progress=False)
+    trials = trials_of(tmp_path / "sweep")
+    assert len(trials) == 2  # failed with a reason, not taken for interrupted and rerun
+    assert all(t.state == TrialState.FAIL for t in trials)
+    assert all(t.user_attrs["error"] == "non-finite final_val_loss: nan" for t in trials)
+
+
 @pytest.mark.parametrize("pruner", ["median", "hyperband"])
 def test_pruner_stops_trials_that_learn_slowly(tmp_path, tiny_tokens, pruner):
     # One good learning rate among tiny ones: whichever order the grid runs them in, the tiny

@@ -105,7 +105,9 @@ class EndpointLM:
                     prompt=prompts,
                     echo=True,
                     logprobs=1,
-                    max_tokens=0,
+                    # One token, as lm-eval-harness asks: servers such as vLLM refuse 0; what
+                    # is generated after the prompt is ignored below.
+                    max_tokens=1,
                     temperature=0,
                 )
             except self._errors as e:
@@ -190,6 +192,12 @@ def _continuation_score(choice: Any, context_chars: int, prompt_chars: int) -> L
     top = getattr(lp, "top_logprobs", None) or [None] * len(tokens)
     total, greedy, count = 0.0, True, 0
     for token, offset, value, best in zip(tokens, offsets, values, top):
+        if offset < context_chars < offset + len(token):
+            raise EndpointError(
+                "a token of the server straddles the context/continuation boundary, so the "
+                "continuation's log-likelihood cannot be read off its prompt logprobs; score "
+                "this task in-process instead"
+            )
         if offset < context_chars or offset >= prompt_chars:
             continue  # a context token, or one the server generated after the prompt
         if value is None:

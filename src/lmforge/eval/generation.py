@@ -216,7 +216,7 @@ def fewshot_prompt(
     """The item's prompt after `k` solved examples drawn for it from `pool`."""
     if k <= 0:
         return item.prompt
-    candidates = [p for p in pool if not (exclude_self and p is item)]
+    candidates = [p for p in pool if not (exclude_self and p.source == item.source)]
     if len(candidates) < k:
         raise TaskError(f"{k} few-shot examples asked for, only {len(candidates)} available")
     shots = random.Random(f"{seed}:{index}").sample(candidates, k)
@@ -241,7 +241,7 @@ def evaluate_generation(
             pool,
             k=cfg.num_fewshot,
             seed=cfg.fewshot_seed,
-            exclude_self=fewshot_items is None,
+            exclude_self=True,
         )
         for i, item in enumerate(items)
     ]

@@ -201,10 +201,11 @@ def fewshot_prefix(
     seed: int,
     exclude: MCItem | None = None,
 ) -> str:
-    """K solved examples for item `index`, drawn from `pool` without `exclude`."""
+    """K solved examples for item `index`, drawn from `pool` without `exclude` (by its
+    file and line, so a pool read from the task file itself never shows an item itself)."""
     if k <= 0:
         return ""
-    candidates = [p for p in pool if p is not exclude]
+    candidates = [p for p in pool if exclude is None or p.source != exclude.source]
     if len(candidates) < k:
         raise TaskError(
             f"{k} few-shot examples asked for, but only {len(candidates)} are available"
@@ -235,8 +236,7 @@ def evaluate_multiple_choice(
     pairs: list[tuple[str, str]] = []
     contexts: list[str] = []
     for i, item in enumerate(items):
-        exclude = None if fewshot_items is not None else item
-        ctx = fewshot_prefix(i, num_fewshot, pool, seed=seed, exclude=exclude) + item.context
+        ctx = fewshot_prefix(i, num_fewshot, pool, seed=seed, exclude=item) + item.context
         contexts.append(ctx)
         pairs.extend((ctx, TARGET_DELIMITER + choice) for choice in item.choices)
     scores = lm.loglikelihood(pairs, batch_size=batch_size, progress=progress)

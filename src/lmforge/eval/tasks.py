@@ -75,7 +75,9 @@ def evaluate_task(lm: EvalLM, cfg: TaskConfig, *, progress: bool = False) -> dic
     kind = task_kind(cfg.task, cfg.format)
     if kind == "multiple_choice":
         items, fmt = load_mc_items(cfg.task, cfg.format, limit=cfg.limit)
-        pool = load_mc_items(cfg.fewshot_from, fmt)[0] if cfg.fewshot_from else None
+        # Shots come from the whole file (or --fewshot-from), so an item's prompt does not
+        # depend on --limit.
+        pool = load_mc_items(cfg.fewshot_from or cfg.task, fmt)[0] if cfg.num_fewshot else None
         result = evaluate_multiple_choice(
             lm,
             items,
@@ -88,8 +90,8 @@ def evaluate_task(lm: EvalLM, cfg: TaskConfig, *, progress: bool = False) -> dic
         return {"task_file": str(cfg.task), "format": fmt, **result}
     items, info = load_generation_items(cfg.task, cfg.generation, limit=cfg.limit)
     pool = None
-    if cfg.fewshot_from:
-        pool, _ = load_generation_items(cfg.fewshot_from, cfg.generation)
+    if cfg.num_fewshot:
+        pool, _ = load_generation_items(cfg.fewshot_from or cfg.task, cfg.generation)
     result = evaluate_generation(lm, items, cfg.generation, fewshot_items=pool, progress=progress)
     return {"task_file": str(cfg.task), "format": "generation", **info, **result}
 

@@ -285,7 +285,11 @@ class _Objective:
         for key, value in summary.items():
             if isinstance(value, (int, str)) or (isinstance(value, float) and math.isfinite(value)):
                 trial.set_user_attr("n_params" if key == "params" else key, value)
-        return float(summary[OBJECTIVE])
+        value = float(summary[OBJECTIVE])
+        if not math.isfinite(value):  # a failure with a reason, never "interrupted" (rerun)
+            trial.set_user_attr(ERROR_ATTR, f"non-finite {OBJECTIVE}: {value}")
+            raise TrialFailed(f"non-finite {OBJECTIVE}: {value}")
+        return value
 
 
 def _log_trial(study: Any, trial: Any) -> None:
