@@ -651,7 +651,8 @@ def test_gguf_refuses_unmappable_model_and_char_tokenizer(bpe, text, tmp_path, c
     assert main(["export", "gguf", str(run), "--out", str(tmp_path / "b.gguf")]) == 2
     err = capsys.readouterr().err
     assert "kind 'char'" in err and "--kind bpe" in err and len(err.strip().splitlines()) == 1
-    assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*.tmp"))
+    # No output and no temporary left behind (io.atomic_path names them .NAME.*.tmp.gguf).
+    assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*.tmp*"))
 
 
 def test_unsupported_architecture_is_named(tmp_path, capsys):

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lmforge.io import write_text_atomic
+from lmforge.io import atomic_path, write_text_atomic
 
 MAX_EXAMPLES = 20
 
@@ -189,13 +189,11 @@ def render_png(manifest: dict[str, Any], path: str | os.PathLike) -> None:
         ax.set_yticks([])
     ax.set_title("documents dropped, by reason")
     fig.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp-{os.getpid()}.png")
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
 
 
 def write_report(out_dir: str | os.PathLike, manifest: dict[str, Any]) -> None:

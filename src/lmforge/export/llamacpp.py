@@ -40,8 +40,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +48,7 @@ import torch
 
 from lmforge.deps import require
 from lmforge.export.hf import InteropError, pick_target
+from lmforge.io import atomic_path
 from lmforge.model.gpt import GPT, GPTConfig
 from lmforge.tokenizer.tokenizer import HF_KIND, Tokenizer
 
@@ -197,51 +196,45 @@ def export_gguf(
     arch, tensors = gguf_tensors(run.model)
     vocab = _vocab(tok, cfg.vocab_size)
 
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_file.name}.", suffix=".tmp", dir=out_file.parent)
-    os.close(fd)
-    writer = gguf.GGUFWriter(tmp, arch)
-    try:
-        writer.add_name(Path(run_dir).resolve().name)
-        writer.add_file_type(
-            gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32
-        )
-        writer.add_context_length(cfg.max_seq_len)
-        writer.add_embedding_length(cfg.d_model)
-        writer.add_block_count(cfg.n_layers)
-        writer.add_feed_forward_length(cfg.d_ff)
-        writer.add_head_count(cfg.n_heads)
-        if arch == "llama":
-            writer.add_head_count_kv(cfg.n_kv_heads)
-            writer.add_rope_freq_base(cfg.rope_theta)
-            writer.add_rope_dimension_count(cfg.head_dim)
-            writer.add_layer_norm_rms_eps(cfg.norm_eps)
-            writer.add_vocab_size(cfg.vocab_size)
-        else:
-            writer.add_layer_norm_eps(cfg.norm_eps)
-        writer.add_tokenizer_model("gpt2")
-        writer.add_tokenizer_pre("gpt-2")
-        writer.add_token_list(vocab["tokens"])
-        writer.add_token_types(vocab["types"])
-        writer.add_token_merges(vocab["merges"])
-        if tok.bos_id is not None:
-            writer.add_bos_token_id(tok.bos_id)
-        writer.add_eos_token_id(tok.eos_id)
-        if tok.pad_id is not None:
-            writer.add_pad_token_id(tok.pad_id)
-        writer.add_add_bos_token(tok.add_bos)
-        writer.add_add_eos_token(False)
-        for name, w in tensors.items():
-            writer.add_tensor(name, _tensor_array(name, w, dtype))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file(progress=progress)
-        writer.close()
-        os.replace(tmp, out_file)
-    except BaseException:
-        writer.close()
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(out_file) as tmp:
+        writer = gguf.GGUFWriter(str(tmp), arch)
+        try:
+            writer.add_name(Path(run_dir).resolve().name)
+            writer.add_file_type(
+                gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32
+            )
+            writer.add_context_length(cfg.max_seq_len)
+            writer.add_embedding_length(cfg.d_model)
+            writer.add_block_count(cfg.n_layers)
+            writer.add_feed_forward_length(cfg.d_ff)
+            writer.add_head_count(cfg.n_heads)
+            if arch == "llama":
+                writer.add_head_count_kv(cfg.n_kv_heads)
+                writer.add_rope_freq_base(cfg.rope_theta)
+                writer.add_rope_dimension_count(cfg.head_dim)
+                writer.add_layer_norm_rms_eps(cfg.norm_eps)
+                writer.add_vocab_size(cfg.vocab_size)
+            else:
+                writer.add_layer_norm_eps(cfg.norm_eps)
+            writer.add_tokenizer_model("gpt2")
+            writer.add_tokenizer_pre("gpt-2")
+            writer.add_token_list(vocab["tokens"])
+            writer.add_token_types(vocab["types"])
+            writer.add_token_merges(vocab["merges"])
+            if tok.bos_id is not None:
+                writer.add_bos_token_id(tok.bos_id)
+            writer.add_eos_token_id(tok.eos_id)
+            if tok.pad_id is not None:
+                writer.add_pad_token_id(tok.pad_id)
+            writer.add_add_bos_token(tok.add_bos)
+            writer.add_add_eos_token(False)
+            for name, w in tensors.items():
+                writer.add_tensor(name, _tensor_array(name, w, dtype))
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file(progress=progress)
+        finally:
+            writer.close()
     log.info("wrote %s (%s, %d tensors) to %s", run.checkpoint, arch, len(tensors), out_file)
     return {
         "out": str(out_file),

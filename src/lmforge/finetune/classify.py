@@ -36,7 +36,7 @@ from lmforge.config import ConfigError
 from lmforge.data.document import DataError
 from lmforge.finetune import labeled
 from lmforge.finetune.lora import LoRAConfig, apply_lora, merge_lora, save_adapters
-from lmforge.io import write_json_atomic, write_text_atomic
+from lmforge.io import atomic_path, write_json_atomic, write_text_atomic
 from lmforge.model.gpt import GPT, GPTConfig
 from lmforge.tokenizer.tokenizer import Tokenizer, load_tokenizer
 from lmforge.train import checkpoint as ckpt
@@ -374,9 +374,8 @@ def finetune_classifier(
         head = {f"head.{k}": v.detach().cpu() for k, v in model.head.state_dict().items()}
         save_adapters(body, out, cfg.lora, extra=head)
         merge_lora(body)
-    tmp = out / ".model.safetensors.tmp"
-    save_file(ckpt.model_state(model), str(tmp))
-    tmp.replace(out / "model.safetensors")
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file(ckpt.model_state(model), str(tmp))
     shutil.copytree(Path(from_run) / "tokenizer", out / "tokenizer", dirs_exist_ok=True)
     write_json_atomic(
         out / "classifier.json",

@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lmforge.config import ConfigError, from_dict
-from lmforge.io import write_json_atomic
+from lmforge.io import atomic_path, write_json_atomic
 
 ADAPTER_WEIGHTS = "adapters.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -175,10 +175,8 @@ def save_adapters(
     them back.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{ADAPTER_WEIGHTS}.tmp"
-    save_file({**lora_state(model), **(extra or {})}, str(tmp))
-    tmp.replace(out / ADAPTER_WEIGHTS)
+    with atomic_path(out / ADAPTER_WEIGHTS) as tmp:
+        save_file({**lora_state(model), **(extra or {})}, str(tmp))
     write_json_atomic(out / ADAPTER_CONFIG, asdict(cfg))
     return out / ADAPTER_WEIGHTS
 

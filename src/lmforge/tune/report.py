@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.config import apply_overrides
-from lmforge.io import write_json_atomic, write_text_atomic
+from lmforge.io import atomic_path, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -156,16 +156,6 @@ def best_recipe_text(study: Any) -> str | None:
     return "\n".join(header) + "\n\n" + tomli_w.dumps(data)
 
 
-def _save_atomic(path: Path, write: Any) -> None:
-    """Call `write(tmp_path)`, then rename the file into place."""
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_plots(study: Any, plots_dir: str | Path) -> dict[str, Any]:
     """Optimization history, parameter importances and parallel coordinates, as PNG and HTML.
 
@@ -206,13 +196,15 @@ def write_plots(study: Any, plots_dir: str | Path) -> dict[str, Any]:
             warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
             fig = plotly_fn(study)
             html = plots_dir / f"{name}.html"
-            _save_atomic(html, lambda p, fig=fig: fig.write_html(p, include_plotlyjs="directory"))
+            with atomic_path(html) as tmp:
+                fig.write_html(tmp, include_plotlyjs="directory")
             ax = mpl_fn(study)
         figure = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
         figure.set_size_inches(9, 5)
         figure.tight_layout()
         png = plots_dir / f"{name}.png"
-        _save_atomic(png, lambda p, figure=figure: figure.savefig(p, dpi=110))
+        with atomic_path(png) as tmp:
+            figure.savefig(tmp, dpi=110)
         plt.close(figure)
         written += [str(png), str(html)]
     return {"written": written, "skipped": skipped}
