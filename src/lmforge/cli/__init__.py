@@ -131,5 +131,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # The stage modules fill COMMANDS as they are imported; they need the names above.
-for _stage in ("data", "tokenizer", "train", "tune", "eval", "infer", "finetune", "export"):
+_STAGES = ("data", "tokenizer", "train", "tune", "translate", "eval", "infer", "finetune", "export")
+for _stage in _STAGES:
     importlib.import_module(f"lmforge.cli.{_stage}")

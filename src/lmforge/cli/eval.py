@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.cli import _checkpoint_arg, _print_json, command
+from lmforge.cli.translate import decode_args
 
 
 def _eval_args(p: argparse.ArgumentParser) -> None:
@@ -24,9 +25,11 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--batch-size",
         type=int,
-        default=64,
-        help="split: windows per forward pass; multiple choice: requests per forward pass "
-        "(or prompts per HTTP request with --endpoint); the scores do not depend on it",
+        default=None,
+        help="split: windows per forward pass (default: the run's train.eval_batch_size; "
+        "for an RNN, the number of streams the split is read as, which moves its loss a "
+        "little); multiple choice: requests per forward pass, or prompts per HTTP request "
+        "with --endpoint (default 64); otherwise the scores do not depend on it",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -96,6 +99,17 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
         help="stop before this string (repeatable; default: a blank line; --stop '' for none)",
     )
     g.add_argument("--seed", type=int, help="sampling seed, for reproducible sampled outputs")
+    m = p.add_argument_group("translation (seq2seq runs)")
+    m.add_argument(
+        "--bleu",
+        action="store_true",
+        help="translate --src and score it against --ref with sacrebleu BLEU and chrF "
+        "(detokenized, 13a); without --src/--ref, the --split files of the run's pairs",
+    )
+    m.add_argument("--src", help="with --bleu: source sentences, one per line (.gz ok)")
+    m.add_argument("--ref", help="with --bleu: reference translations, line-aligned with --src")
+    m.add_argument("--output", help="with --bleu: also write the translations to this file")
+    decode_args(p)
     e = p.add_argument_group("endpoints")
     e.add_argument(
         "--endpoint",
@@ -161,7 +175,7 @@ def _eval_task(a: argparse.Namespace) -> int:
         fewshot_from=a.fewshot_from,
         seed=a.fewshot_seed,
         limit=a.limit,
-        batch_size=a.batch_size,
+        batch_size=a.batch_size or 64,
         name=a.name,
         generation=gen,
     )
@@ -190,6 +204,10 @@ def _eval_task(a: argparse.Namespace) -> int:
     args=_eval_args,
 )
 def cmd_eval(a: argparse.Namespace) -> int:
+    if a.bleu:
+        from lmforge.cli.translate import eval_bleu
+
+        return eval_bleu(a)
     if a.task:
         return _eval_task(a)
     if a.endpoint:
@@ -216,10 +234,17 @@ def cmd_eval(a: argparse.Namespace) -> int:
     if a.json:
         _print_json(r)
     else:
-        print(
+        line = (
             f"{r['split']} ({r['tokens']:,} tokens, {r['checkpoint']}): loss {r['loss']:.4f}  "
-            f"perplexity {r['perplexity']:.3f}  "
-            f"bits/byte {r.get('bits_per_byte', float('nan')):.4f}"
+            f"perplexity {r['perplexity']:.3f}"
         )
+        if "bits_per_byte" in r:
+            line += f"  bits/byte {r['bits_per_byte']:.4f}"
+        if "masked_accuracy" in r:
+            line += (
+                f"  masked-token accuracy {r['masked_accuracy']:.4f} "
+                f"({r['masked_tokens']:,} masked)"
+            )
+        print(line)
         print(f"wrote {paths['json']} and {paths['markdown'].name}")
     return 0

@@ -41,7 +41,13 @@ def cmd_generate(a: argparse.Namespace) -> int:
     from lmforge.infer.load import load_run
     from lmforge.train.trainer import resolve_device
 
-    run = load_run(a.run, which=a.checkpoint, device=resolve_device(a.device))
+    run = load_run(
+        a.run,
+        which=a.checkpoint,
+        device=resolve_device(a.device),
+        families={"gpt", "rnn"},
+        command="lmforge generate",
+    )
     prepare_for_decoding(run.model)
     cfg = GenerationConfig(
         max_new_tokens=a.max_new_tokens,

@@ -1,7 +1,9 @@
-"""`lmforge eval`: loss, perplexity and bits per byte of a trained run on a data split.
+"""`lmforge eval`: what a trained run scores on a data split, whatever its model family.
 
-Every token of the split is scored once, in non-overlapping context windows, so the numbers
-are those of the whole split rather than of a sample.
+Every token of the split is scored once (in non-overlapping context windows for a GPT, in
+carried-state streams for an RNN), so the numbers are those of the whole split rather than of a
+sample: loss, perplexity and bits per byte for the language models, MLM loss and masked-token
+accuracy for a masked LM (fixed masks), target-token loss for a seq2seq model on its pairs.
 """
 
 from __future__ import annotations
@@ -9,13 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from lmforge.data.loader import TokenWindows
 from lmforge.infer.load import load_run
-from lmforge.tokenizer.encode import read_token_meta
-from lmforge.train.metrics import evaluate_loss
-from lmforge.train.trainer import resolve_device, resolve_tokens_dir
+from lmforge.train import distributed as D
+from lmforge.train.objectives import build_objective
+from lmforge.train.trainer import (
+    load_run_config,
+    read_data_meta,
+    resolve_device,
+    resolve_tokens_dir,
+)
 
 
 def evaluate_run(
@@ -24,7 +28,7 @@ def evaluate_run(
     split: str = "test",
     which: str = "best",
     tokens: str | Path | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     max_tokens: int | None = None,
     device: str = "auto",
 ) -> dict[str, Any]:
@@ -35,21 +39,23 @@ def evaluate_run(
     tokens_dir = (
         Path(tokens) if tokens else resolve_tokens_dir(run.config["data"]["tokens"], run_dir)
     )
-    encoded_with = read_token_meta(tokens_dir)["tokenizer_fingerprint"]
+    encoded_with = read_data_meta(tokens_dir, run.family)["tokenizer_fingerprint"]
     if encoded_with != run.tokenizer.fingerprint:
-        raise ValueError(
-            f"the tokens in {tokens_dir} were encoded with another tokenizer than {run_dir}'s; "
-            f"encode the text again with `lmforge tokenizer encode DATA --tokenizer "
-            f"{run_dir / 'tokenizer'} --out DIR` and pass --tokens DIR"
+        again = (
+            f"`lmforge data pairs ... --tokenizer {run_dir / 'tokenizer'} --out DIR`"
+            if run.family == "seq2seq"
+            else f"`lmforge tokenizer encode DATA --tokenizer {run_dir / 'tokenizer'} --out DIR`"
         )
-    windows = TokenWindows(tokens_dir, split, run.model.config.max_seq_len)
-    token_bytes = torch.as_tensor(run.tokenizer.token_bytes, dtype=torch.long, device=dev)
-    result = evaluate_loss(
-        run.model,
-        windows,
-        device=dev,
-        batch_size=batch_size,
-        max_tokens=max_tokens,
-        token_bytes=token_bytes,
-    )
+        raise ValueError(
+            f"the data in {tokens_dir} was encoded with another tokenizer than {run_dir}'s; "
+            f"encode the text again with {again} and pass --tokens DIR"
+        )
+    # The run's own eval batch size by default: an RNN reads the split as that many streams,
+    # so only then does this loss equal the val loss logged in training.
+    overrides: dict[str, Any] = {"data.val_split": split}
+    if batch_size:
+        overrides["train.eval_batch_size"] = batch_size
+    cfg = load_run_config(base=run.config, overrides=overrides)
+    objective = build_objective(cfg, tokens_dir, run.tokenizer, dev, train=False)
+    result = objective.evaluate(run.model, autocast=None, max_tokens=max_tokens, world=D.World())
     return {"split": split, "checkpoint": run.checkpoint.name, **result}

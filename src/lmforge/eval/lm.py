@@ -50,7 +50,16 @@ class LocalLM:
     def from_run(cls, run_dir: str | Path, *, which: str = "best", device: str = "auto"):
         from lmforge.train.trainer import resolve_device
 
-        return cls(load_run(run_dir, which=which, device=resolve_device(device)), run_dir)
+        return cls(
+            load_run(
+                run_dir,
+                which=which,
+                device=resolve_device(device),
+                families={"gpt"},
+                command="task evaluation",
+            ),
+            run_dir,
+        )
 
     @property
     def max_seq_len(self) -> int:

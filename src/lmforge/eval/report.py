@@ -32,7 +32,9 @@ SAMPLES_DIR = "eval-samples"
 
 # (metric, stderr key) shown in the summary table for each kind of result.
 _TABLE_METRICS = {
-    "split": [("loss", None), ("perplexity", None), ("bits_per_byte", None)],
+    "split": [("loss", None), ("perplexity", None), ("bits_per_byte", None),
+              ("masked_accuracy", None)],
+    "translation": [("bleu", None), ("chrf", None)],
     "multiple_choice": [("acc", "acc_stderr"), ("acc_norm", "acc_norm_stderr"),
                         ("acc_bytes", "acc_bytes_stderr")],
     "generation": [("exact_match", "exact_match_stderr"), ("f1", "f1_stderr"),
@@ -147,6 +149,15 @@ def _details(key: str, r: dict[str, Any]) -> list[str]:
     kind = r.get("kind")
     if kind == "split":
         lines.append(f"- {r.get('tokens', 0):,} tokens of the `{r.get('split')}` split")
+    elif kind == "translation":
+        dec = r.get("decoding", {})
+        lines.append(f"- `{r.get('source')}` against `{r.get('reference')}`")
+        lines.append(
+            f"- {r.get('n', 0):,} lines; beam {dec.get('beam')}, length penalty "
+            f"{dec.get('length_penalty')}; {r.get('truncated', 0)} source lines cut to fit"
+        )
+        for name in ("bleu_signature", "chrf_signature"):
+            lines.append(f"- sacrebleu {name.split('_')[0]} signature: `{r.get(name)}`")
     else:
         if r.get("task_file"):
             lines.append(f"- task: `{r['task_file']}` ({r.get('format', kind)})")

@@ -41,6 +41,7 @@ import torch
 from lmforge.deps import require
 from lmforge.export import hf_gpt2, hf_llama
 from lmforge.io import write_json_atomic, write_text_atomic
+from lmforge.model import require_family
 from lmforge.model.gpt import GPT, GPTConfig
 from lmforge.tokenizer.tokenizer import HF_KIND, Tokenizer
 
@@ -162,6 +163,7 @@ def _run_model_config(run_dir: Path, which: str) -> dict[str, Any]:
 
     config = ckpt.read_config(ckpt.checkpoint_dir(run_dir, which))
     model = config.get("model", {})
+    require_family(model, {"gpt"}, "lmforge export hf")
     known = {f.name for f in fields(GPTConfig)}
     unknown = sorted(set(model) - known)
     if unknown:
@@ -228,7 +230,7 @@ def export_hf(
     if dtype not in DTYPES:
         raise InteropError(f"dtype={dtype!r}; expected one of {sorted(DTYPES)}")
     _run_model_config(run_dir, which)
-    run = load_run(run_dir, which=which)
+    run = load_run(run_dir, which=which, families={"gpt"}, command="lmforge export hf")
     cfg, tok = run.model.config, run.tokenizer
     target = pick_target(cfg)
     hf = target.build(run.model, tok).to(DTYPES[dtype]).eval()

@@ -191,7 +191,7 @@ def export_gguf(
     if dtype not in GGUF_DTYPES:
         raise InteropError(f"dtype={dtype!r}; expected one of {GGUF_DTYPES}")
     out_file = Path(out_file)
-    run = load_run(run_dir, which=which)
+    run = load_run(run_dir, which=which, families={"gpt"}, command="lmforge export gguf")
     cfg, tok = run.model.config, run.tokenizer
     arch, tensors = gguf_tensors(run.model)
     vocab = _vocab(tok, cfg.vocab_size)

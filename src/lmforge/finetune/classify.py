@@ -37,6 +37,7 @@ from lmforge.data.document import DataError
 from lmforge.finetune import labeled
 from lmforge.finetune.lora import LoRAConfig, apply_lora, merge_lora, save_adapters
 from lmforge.io import atomic_path, write_json_atomic, write_text_atomic
+from lmforge.model import require_family
 from lmforge.model.gpt import GPT, GPTConfig
 from lmforge.tokenizer.tokenizer import Tokenizer, load_tokenizer
 from lmforge.train import checkpoint as ckpt
@@ -229,6 +230,7 @@ def _splits(
 def _build_body(from_run: Path, init: str) -> tuple[GPT, Tokenizer, dict[str, Any]]:
     ckpt_dir = ckpt.checkpoint_dir(from_run, "best")
     config = ckpt.read_config(ckpt_dir)
+    require_family(config["model"], {"gpt"}, "lmforge finetune classify")
     body = GPT(GPTConfig(**config["model"]))
     if init == "pretrained":
         ckpt.load_model_weights(body, ckpt_dir / "model.safetensors")

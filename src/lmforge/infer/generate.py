@@ -6,6 +6,11 @@ processor chains). The prompt is run once to fill the cache, then each step feed
 When the cache is full (the model's context is used up) the window slides: the last three
 quarters of the context are run again and decoding goes on from there.
 
+A recurrent model (`lmforge.model.rnn.RNNLM`) takes a small branch of its own: its "cache" is
+its hidden state, and it has no context limit, so nothing slides. The prompt is read once and
+each step feeds one token and the state; without the cache each step re-reads the whole
+context from a zero state, which is slow and gives the same tokens.
+
 Only ids the tokenizer can decode are ever sampled: a model may have more embedding rows than
 the vocabulary has tokens (checkpoints padded to a multiple of 64 or 128, as many on the
 Hugging Face Hub are), and those rows' logits are left out before sampling. A prompt is
@@ -23,6 +28,7 @@ import torch
 from torch import nn
 
 from lmforge.model.gpt import GPT
+from lmforge.model.rnn import RNNLM
 from lmforge.tokenizer.tokenizer import Tokenizer
 
 
@@ -51,7 +57,7 @@ class GenerationConfig:
         self.stop = tuple(s for s in self.stop if s)
 
 
-def prepare_for_decoding(model: GPT) -> GPT:
+def prepare_for_decoding(model: GPT | RNNLM) -> GPT | RNNLM:
     """Arrange a model's weights for fast batch-1 decoding; their values and names stay.
 
     Decoding one token multiplies a vector by every weight matrix, so it is bound by reading
@@ -59,9 +65,13 @@ def prepare_for_decoding(model: GPT) -> GPT:
     (`CausalSelfAttention.fuse_qkv`), and every Linear weight is stored transposed in memory
     (a column-major (out, in) tensor), which the CPU BLAS reads about 1.4x faster for a
     matrix-vector product on a 6-layer, 384-wide model (benchmarks/generate_speed.py). The
-    tied LM head keeps its layout because the embedding lookup reads rows of it.
+    tied LM head keeps its layout because the embedding lookup reads rows of it. A recurrent
+    model's weights are read by PyTorch's fused RNN kernel in the layout it keeps itself, so it
+    is only put in eval mode.
     """
     model.eval()
+    if isinstance(model, RNNLM):
+        return model
     for module in model.modules():
         if isinstance(module, nn.Linear) and module.weight is not model.tok_emb.weight:
             module.weight.data = module.weight.data.t().contiguous().t()
@@ -111,7 +121,7 @@ def sample_next(
 
 @torch.inference_mode()
 def generate_ids(
-    model: GPT,
+    model: GPT | RNNLM,
     prompt_ids: list[int],
     cfg: GenerationConfig,
     *,
@@ -132,6 +142,9 @@ def generate_ids(
     if cfg.seed is not None:
         generator = torch.Generator(device=device)
         generator.manual_seed(cfg.seed)
+    if isinstance(model, RNNLM):
+        yield from _recurrent_ids(model, prompt_ids, cfg, stop_ids, generator, vocab_size)
+        return
     context = list(prompt_ids[-max_len:])
     cache = model.new_cache(1) if cfg.use_cache else None
     keep = max(1, max_len - max_len // 4)
@@ -152,6 +165,32 @@ def generate_ids(
         pending = [token]
 
 
+def _recurrent_ids(
+    model: RNNLM,
+    prompt_ids: list[int],
+    cfg: GenerationConfig,
+    stop_ids: set[int],
+    generator: torch.Generator | None,
+    vocab_size: int | None,
+) -> Iterator[int]:
+    """`generate_ids` for a recurrent model: the whole prompt, then the state carries on."""
+    device = model.tok_emb.weight.device
+    context = list(prompt_ids)
+    state = None
+    pending = context  # tokens the state has not seen yet
+    for _ in range(cfg.max_new_tokens):
+        if cfg.use_cache:
+            logits, state = model(torch.tensor([pending], device=device), state)
+        else:
+            logits, _ = model(torch.tensor([context], device=device))
+        token = int(sample_next(logits[:, -1], cfg, generator, vocab_size=vocab_size)[0])
+        yield token
+        if cfg.stop_at_eos and token in stop_ids:
+            return
+        context.append(token)
+        pending = [token]
+
+
 def _held_back(text: str, stops: tuple[str, ...]) -> int:
     """How many trailing characters may still turn into the start of a stop string."""
     hold = 0
@@ -164,7 +203,7 @@ def _held_back(text: str, stops: tuple[str, ...]) -> int:
 
 
 def stream_text(
-    model: GPT, tokenizer: Tokenizer, prompt: str, cfg: GenerationConfig
+    model: GPT | RNNLM, tokenizer: Tokenizer, prompt: str, cfg: GenerationConfig
 ) -> Iterator[str | Completion]:
     """Yield text pieces as they become final, then the finished `Completion`.
 
@@ -212,7 +251,9 @@ def stream_text(
     )
 
 
-def complete(model: GPT, tokenizer: Tokenizer, prompt: str, cfg: GenerationConfig) -> Completion:
+def complete(
+    model: GPT | RNNLM, tokenizer: Tokenizer, prompt: str, cfg: GenerationConfig
+) -> Completion:
     """Generate to the end and return the whole completion."""
     for item in stream_text(model, tokenizer, prompt, cfg):
         if isinstance(item, Completion):

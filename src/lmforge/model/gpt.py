@@ -30,6 +30,7 @@ from lmforge.model.layers import (
 
 @dataclass(kw_only=True)
 class GPTConfig:
+    family: Literal["gpt"] = "gpt"
     vocab_size: int = 0  # 0: taken from the tokenizer when training starts
     n_layers: int = 4
     n_heads: int = 4

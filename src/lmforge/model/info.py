@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from lmforge.model.gpt import GPT, GPTConfig
+from lmforge.model import build_model
 
 # Where each parameter goes in the table, by the first name part that matches.
 _GROUPS = (
@@ -23,8 +23,13 @@ _GROUPS = (
     ("pos_emb", "embeddings"),
     (".attn.q_norm", "norms"),
     (".attn.k_norm", "norms"),
+    ("type_emb", "embeddings"),
     (".attn.", "attention"),
+    (".self_attn.", "attention"),
+    (".cross_attn.", "attention"),
     (".mlp.", "mlp"),
+    (".ff.", "mlp"),
+    ("rnn.", "recurrent"),
     ("norm", "norms"),
     ("lm_head", "lm_head"),
 )
@@ -37,12 +42,19 @@ def _group(name: str) -> str:
     return "other"
 
 
-def model_info(
-    cfg: GPTConfig, *, batch_size: int = 1, seq_len: int | None = None
-) -> dict[str, Any]:
-    """Parameters by group, FLOPs per token and a memory estimate for one training batch."""
+def _layers(cfg: Any) -> int:
+    """Blocks that keep activations, for the estimate (a decoder block with cross-attention
+    counted as one and a half)."""
+    if cfg.family == "seq2seq":
+        return cfg.n_encoder_layers + (3 * cfg.n_decoder_layers + 1) // 2
+    return cfg.n_layers
+
+
+def model_info(cfg: Any, *, batch_size: int = 1, seq_len: int | None = None) -> dict[str, Any]:
+    """Parameters by group, FLOPs per token and a memory estimate for one training batch, for
+    a config of any model family (the activation estimate is the transformer one)."""
     with torch.device("meta"):
-        model = GPT(cfg)
+        model = build_model(cfg)
     seq_len = seq_len or cfg.max_seq_len
     groups: dict[str, int] = {}
     for name, p in model.named_parameters():  # tied weights are listed once
@@ -54,8 +66,9 @@ def model_info(
     for precision, act_bytes in (("fp32", 4), ("bf16", 2)):
         # Weights and AdamW's two moments stay fp32 under autocast; gradients too.
         weights_and_optimizer = total * 4 * 4  # weights, grads, exp_avg, exp_avg_sq
-        activations = cfg.n_layers * 17 * act_bytes * tokens * cfg.d_model
-        logits = tokens * cfg.vocab_size * 4 * 2  # fp32 logits and their gradient
+        activations = _layers(cfg) * 17 * act_bytes * tokens * cfg.d_model
+        vocab = getattr(cfg, "target_vocab_size", cfg.vocab_size)
+        logits = tokens * vocab * 4 * 2  # fp32 logits and their gradient
         memory[precision] = {
             "weights_grads_adamw_bytes": weights_and_optimizer,
             "activations_bytes": activations + logits,

@@ -180,7 +180,9 @@ def _validation_error(exc: RequestValidationError) -> APIError:
 def build_app(run_dir: str | Path, cfg: ServeConfig) -> FastAPI:
     """A FastAPI app serving checkpoint `cfg.checkpoint` of the run in `run_dir`."""
     device = resolve_device(cfg.device)
-    run: LoadedRun = load_run(run_dir, which=cfg.checkpoint, device=device)
+    run: LoadedRun = load_run(
+        run_dir, which=cfg.checkpoint, device=device, families={"gpt"}, command="lmforge serve"
+    )
     prepare_for_decoding(run.model)
     model, tokenizer = run.model, run.tokenizer
     context = model.config.max_seq_len

@@ -4,16 +4,24 @@ Every kind of vocabulary is a Hugging Face `tokenizers.Tokenizer`, composed as
 normalizer -> pre-tokenizer -> model -> decoder and saved as one `tokenizer.json`, so the same
 file serves lmforge, `tokenizers` and `transformers.PreTrainedTokenizerFast`:
 
-| kind   | model                                        | pre-tokenizer           | decoder       |
-|--------|----------------------------------------------|-------------------------|---------------|
-| `bpe`  | byte-level BPE (GPT-2 style), trained        | ByteLevel + GPT-2 regex | ByteLevel     |
-| `char` | BPE, no merges: seen chars + `<0xNN>` bytes  | none                    | ByteFallback  |
-| `byte` | BPE, no merges: the 256 bytes                | ByteLevel, no regex     | ByteLevel     |
+| kind        | model                                   | pre-tokenizer           | decoder      |
+|-------------|-----------------------------------------|-------------------------|--------------|
+| `bpe`       | byte-level BPE (GPT-2 style), trained   | ByteLevel + GPT-2 regex | ByteLevel    |
+| `char`      | BPE, no merges: seen chars + `<0xNN>`   | none                    | ByteFallback |
+| `byte`      | BPE, no merges: the 256 bytes           | ByteLevel, no regex     | ByteLevel    |
+| `wordpiece` | WordPiece (BERT), `##` pieces, trained  | BertPreTokenizer        | WordPiece    |
+| `unigram`   | Unigram (SentencePiece) + byte fallback | Metaspace `▁`           | Metaspace    |
 
-No kind has a normalizer, so `decode(encode(s)) == s` for every string. Each kind has the special
-tokens `<|bos|>`, `<|eos|>`, `<|pad|>` (ids 0, 1, 2). `Tokenizer.encode` treats text that happens
-to spell a special token as ordinary text, so data can never inject an EOS; callers add special
-ids explicitly (`tok.eos_id`).
+`bpe`, `char` and `byte` (`EXACT_KINDS`) have no normalizer, so `decode(encode(s)) == s` for
+every string; `wordpiece` normalizes (and lowercases or strips accents by option) and `unigram`
+loses a leading space: `subword.py` says exactly what they keep, and what their tokens count
+as bytes. Special tokens: `<|bos|>`, `<|eos|>`, `<|pad|>` (ids 0, 1, 2) in every kind but
+`wordpiece`, plus `<unk>` (3) in `unigram`; `wordpiece` has BERT's `[PAD] [UNK] [CLS] [SEP]
+[MASK]` (0..4), whose roles are bos = `[CLS]`, eos = `[SEP]` (so documents end with `[SEP]`),
+pad, unk, mask, cls and sep. `Tokenizer.encode` treats text that happens to spell a special
+token as ordinary text, so data can never inject an EOS; callers add special ids explicitly
+(`tok.eos_id`). `train_tokenizer_from_texts` trains and saves in one call: once on source and
+target text for a shared translation vocabulary, once per side for two.
 
 A fourth kind, `hf`, is not trained here: it is a `tokenizer.json` taken as it is from a Hugging
 Face model (`lmforge import hf`), with that model's own special tokens (`<|endoftext|>`, `<s>`,
@@ -45,6 +53,7 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from lmforge import __version__
 from lmforge.io import write_json_atomic, write_text_atomic
+from lmforge.tokenizer import subword
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +61,30 @@ BOS = "<|bos|>"
 EOS = "<|eos|>"
 PAD = "<|pad|>"
 SPECIAL_TOKENS = (BOS, EOS, PAD)
-KINDS = ("bpe", "char", "byte")
+KINDS = ("bpe", "char", "byte", "wordpiece", "unigram")
+EXACT_KINDS = ("bpe", "char", "byte")  # decode(encode(s)) == s for every string
 HF_KIND = "hf"  # imported from a Hugging Face model; loadable, never trained here
-ROLES = ("bos", "eos", "pad")
+_BASE_ROLES = ("bos", "eos", "pad")
+ROLES = (*_BASE_ROLES, "unk", "mask", "cls", "sep")
+# role -> token of the kinds trained here; a role a kind lacks is None.
+_KIND_ROLES: dict[str, dict[str, str]] = {
+    "wordpiece": {
+        "bos": subword.CLS,
+        "eos": subword.SEP,
+        "pad": subword.WP_PAD,
+        "unk": subword.WP_UNK,
+        "mask": subword.MASK,
+        "cls": subword.CLS,
+        "sep": subword.SEP,
+    },
+    "unigram": {"bos": BOS, "eos": EOS, "pad": PAD, "unk": subword.UNK},
+}
+_DEFAULT_ROLES = {"bos": BOS, "eos": EOS, "pad": PAD}
+# Each trained kind's special tokens in id order (ids 0, 1, ...).
+_KIND_SPECIALS = {
+    "wordpiece": subword.WORDPIECE_SPECIALS,
+    "unigram": (*SPECIAL_TOKENS, subword.UNK),
+}
 
 TOKENIZER_FILE = "tokenizer.json"
 META_FILE = "tokenizer_meta.json"
@@ -62,20 +92,24 @@ SPLITS = ("train", "val", "test")
 
 # The smallest byte-level BPE vocabulary: the 256-symbol byte alphabet plus the specials.
 _MIN_BPE_VOCAB = 256 + len(SPECIAL_TOKENS)
+_MIN_UNIGRAM_VOCAB = subword.min_unigram_vocab(_KIND_SPECIALS["unigram"])
 
 
 @dataclass(kw_only=True)
 class TokenizerConfig:
     """How to build a vocabulary.
 
-    `vocab_size` and `min_frequency` only apply to `bpe`; a `char` vocabulary is sized by the
-    characters in the training text (+256 byte-fallback tokens +3 specials) and `byte` is always
-    256 + 3.
+    `vocab_size` applies to `bpe`, `wordpiece` and `unigram` (counting specials, and unigram's
+    256 byte tokens); a `char` vocabulary is sized by the characters in the training text
+    (+256 byte-fallback tokens +3 specials) and `byte` is always 256 + 3. `min_frequency` applies
+    to `bpe` and `wordpiece`; `lowercase` and `strip_accents` (é -> e) only to `wordpiece`.
     """
 
     kind: str = "bpe"
     vocab_size: int = 4096
     min_frequency: int = 2
+    lowercase: bool = False
+    strip_accents: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -89,6 +123,30 @@ class TokenizerConfig:
                 f"it needs at least {_MIN_BPE_VOCAB} (256 bytes + {len(SPECIAL_TOKENS)} special "
                 f"tokens); raise vocab_size or use kind='byte'"
             )
+        n_wordpiece = len(subword.WORDPIECE_SPECIALS)
+        if self.kind == "wordpiece" and self.vocab_size <= n_wordpiece:
+            raise ValueError(
+                f"TokenizerConfig.vocab_size={self.vocab_size} leaves no room for pieces in a "
+                f"wordpiece vocabulary after its {n_wordpiece} special tokens; use a few "
+                f"thousand (BERT uses 30522)"
+            )
+        if self.kind == "unigram" and self.vocab_size < _MIN_UNIGRAM_VOCAB:
+            raise ValueError(
+                f"TokenizerConfig.vocab_size={self.vocab_size} is too small for a unigram "
+                f"vocabulary: it needs at least {_MIN_UNIGRAM_VOCAB} (4 special tokens, 256 "
+                f"byte-fallback tokens and the characters they are spelled with) plus the "
+                f"characters of the training text; raise vocab_size"
+            )
+        for name in ("lowercase", "strip_accents"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ValueError(f"TokenizerConfig.{name}={value!r} must be true or false")
+            if value and self.kind != "wordpiece":
+                raise ValueError(
+                    f"TokenizerConfig.{name}=True is only for kind='wordpiece' (the other kinds "
+                    f"keep text exactly as it is), not kind={self.kind!r}; drop it or use "
+                    f"kind='wordpiece'"
+                )
         if self.min_frequency < 1:
             raise ValueError(
                 f"TokenizerConfig.min_frequency={self.min_frequency} must be >= 1 "
@@ -139,14 +197,14 @@ class Tokenizer:
         # "<|eos|>" in the data is ordinary text, never the EOS id.
         self._hf.encode_special_tokens = True
         self._kind = kind
-        # role -> token text. Trained kinds always have lmforge's three; an imported (`hf`)
-        # vocabulary has its model's own, and may lack a BOS or a padding token, never an EOS.
+        # role -> token text. Trained kinds have theirs fixed by kind (`_KIND_ROLES`); an
+        # imported (`hf`) vocabulary has its model's own, and may lack any role but EOS.
         if kind == HF_KIND:
             roles = {r: (special_roles or {}).get(r) for r in ROLES}
             if not roles["eos"]:
                 raise ValueError("an imported (hf) tokenizer needs an end-of-sequence token")
         else:
-            roles = dict(zip(ROLES, SPECIAL_TOKENS, strict=True))
+            roles = {r: _KIND_ROLES.get(kind, _DEFAULT_ROLES).get(r) for r in ROLES}
         self._roles = roles
         missing = [t for t in roles.values() if t is not None and hf.token_to_id(t) is None]
         if missing:
@@ -170,6 +228,7 @@ class Tokenizer:
         self._eos_ids = tuple(dict.fromkeys(stops))
         self._token_bytes: np.ndarray | None = None
         self._id_to_bytes: list[bytes] | None = None
+        self._word_starts: np.ndarray | None = None
 
     @property
     def hf(self) -> tokenizers.Tokenizer:
@@ -208,9 +267,38 @@ class Tokenizer:
         return self._role_id("pad")
 
     @property
+    def unk_id(self) -> int | None:
+        """The unknown-word token (`wordpiece`'s [UNK], `unigram`'s <unk>); None if none."""
+        return self._role_id("unk")
+
+    @property
+    def mask_id(self) -> int | None:
+        """The masked-LM token (`wordpiece`'s [MASK]); None for kinds without one."""
+        return self._role_id("mask")
+
+    @property
+    def cls_id(self) -> int | None:
+        """`wordpiece`'s [CLS] (also its BOS); None for kinds without one."""
+        return self._role_id("cls")
+
+    @property
+    def sep_id(self) -> int | None:
+        """`wordpiece`'s [SEP] (also its EOS); None for kinds without one."""
+        return self._role_id("sep")
+
+    @property
     def special_roles(self) -> dict[str, str | None]:
-        """{"bos", "eos", "pad"} -> the token text standing for each (None: there is none)."""
-        return dict(self._roles)
+        """Role -> the token text standing for it: bos, eos, pad always (None: there is none),
+        unk, mask, cls, sep where the vocabulary has them."""
+        return {r: t for r, t in self._roles.items() if r in _BASE_ROLES or t is not None}
+
+    @property
+    def normalization(self) -> dict[str, bool]:
+        """`wordpiece`'s lowercase / strip_accents, read from its normalizer ({} otherwise)."""
+        norm = json.loads(self.to_json()).get("normalizer") or {}
+        if self._kind != "wordpiece" or norm.get("type") != "BertNormalizer":
+            return {}
+        return {k: bool(norm.get(k)) for k in ("lowercase", "strip_accents")}
 
     def _role_id(self, role: str) -> int | None:
         token = self._roles[role]
@@ -218,7 +306,7 @@ class Tokenizer:
 
     def _special_ids(self) -> set[int]:
         if self._kind != HF_KIND:
-            return {self._hf.token_to_id(t) for t in SPECIAL_TOKENS}
+            return {self._hf.token_to_id(t) for t in self._roles.values() if t is not None}
         return {i for i, t in self._hf.get_added_tokens_decoder().items() if t.special}
 
     def encode(self, text: str) -> list[int]:
@@ -256,15 +344,16 @@ class Tokenizer:
     def id_to_bytes(self) -> list[bytes]:
         """The raw bytes each id stands for (special tokens: their text).
 
-        Concatenating these and decoding as UTF-8 gives `decode`'s text; a streaming decoder
-        uses it to emit characters as soon as their last byte arrives, which decoding ids
-        again (where a run of byte tokens is judged as a whole) cannot do stably.
+        Concatenating these and decoding as UTF-8 gives `decode`'s text (`wordpiece` and
+        `unigram`: with a space in front, see `subword.py`); a streaming decoder uses it to emit
+        characters as soon as their last byte arrives, which decoding ids again (where a run of
+        byte tokens is judged as a whole) cannot do stably.
         """
         if self._id_to_bytes is None:
             table = [b""] * self.vocab_size
             specials = self._special_ids()
             byte_of = {c: b for b, c in _bytes_to_unicode().items()}
-            byte_level, metaspace = self._kind in ("bpe", "byte"), False
+            byte_level, metaspace = self._kind in ("bpe", "byte"), self._kind == "unigram"
             if self._kind == HF_KIND:
                 # An imported vocabulary says how it spells bytes through its decoder:
                 # GPT-2's ByteLevel, or SentencePiece's "▁" for a space with <0xNN> fallbacks.
@@ -273,7 +362,10 @@ class Tokenizer:
                 metaspace = "Metaspace" in decoder or "\u2581" in decoder
                 specials |= set(self._hf.get_added_tokens_decoder())  # added tokens: as text
             for token, i in self._hf.get_vocab(with_added_tokens=True).items():
-                if i in specials:
+                if self._kind == "wordpiece":
+                    # Its decoder puts a space before specials too: " [SEP]".
+                    table[i] = subword.wordpiece_token_bytes(token)
+                elif i in specials:
                     table[i] = token.encode("utf-8")
                 elif byte_level and all(c in byte_of for c in token):
                     # Byte-level tokens spell one printable character per byte.
@@ -299,6 +391,23 @@ class Tokenizer:
             self._token_bytes = out
         return self._token_bytes
 
+    def word_start_mask(self) -> np.ndarray:
+        """bool array over ids: which tokens begin a word (for whole-word masking).
+
+        A token begins a word when its bytes begin with a space: `wordpiece` pieces without
+        `##`, `unigram` pieces beginning with `▁` (and `bpe` pieces with a leading space).
+        Specials and byte-fallback tokens (`<0x20>`) are False. A word is a start token and the
+        non-start tokens after it.
+        """
+        if self._word_starts is None:
+            out = np.array([b[:1] == b" " for b in self.id_to_bytes], dtype=bool)
+            out[sorted(self._special_ids())] = False
+            for token, i in self._hf.get_vocab().items():
+                if len(token) == 6 and token.startswith("<0x") and token[-1] == ">":
+                    out[i] = False
+            self._word_starts = out
+        return self._word_starts.copy()
+
     def to_json(self) -> str:
         return self._hf.to_str()
 
@@ -320,8 +429,11 @@ class Tokenizer:
             "fingerprint": self.fingerprint,
             "lmforge_version": __version__,
         }
-        if self._kind == HF_KIND:
+        if self._kind in (*_KIND_ROLES, HF_KIND):
             meta["special_roles"] = self.special_roles
+        if self._kind == "wordpiece":
+            meta["normalization"] = self.normalization
+        if self._kind == HF_KIND:
             meta["add_bos"] = self._add_bos
             meta["eos_ids"] = list(self._eos_ids)
         return meta
@@ -408,12 +520,50 @@ def train_tokenizer(
         hf = _build_bpe(texts, cfg, progress, length)
     elif cfg.kind == "char":
         hf = _build_char(texts, progress, length)
+    elif cfg.kind == "wordpiece":
+        hf = subword.build_wordpiece(
+            texts,
+            vocab_size=cfg.vocab_size,
+            min_frequency=cfg.min_frequency,
+            lowercase=cfg.lowercase,
+            strip_accents=cfg.strip_accents,
+            progress=progress,
+            length=length,
+        )
+    elif cfg.kind == "unigram":
+        hf = subword.build_unigram(
+            texts,
+            vocab_size=cfg.vocab_size,
+            specials=_KIND_SPECIALS["unigram"],
+            progress=progress,
+            length=length,
+        )
     else:
         hf = _build_byte()
     # Specials are (re-)registered as added tokens so they decode as text and HF loaders see them.
-    hf.add_special_tokens(list(SPECIAL_TOKENS))
+    specials = _KIND_SPECIALS.get(cfg.kind, SPECIAL_TOKENS)
+    hf.add_special_tokens(list(specials))
+    if [hf.token_to_id(t) for t in specials] != list(range(len(specials))):
+        raise RuntimeError(f"{cfg.kind} special tokens {specials} did not get ids 0, 1, ...")
     tok = Tokenizer(hf, cfg.kind)
     logger.info("trained %r", tok)
+    return tok
+
+
+def train_tokenizer_from_texts(
+    texts: Iterable[str],
+    out_dir: str | os.PathLike,
+    cfg: TokenizerConfig,
+    progress: bool = True,
+    length: int | None = None,
+) -> Tokenizer:
+    """`train_tokenizer` on `texts`, then `save` into `out_dir`; returns the tokenizer.
+
+    For translation, call it once on source and target texts together for a shared vocabulary
+    (needed to tie the two sides' embeddings), or once per side for two.
+    """
+    tok = train_tokenizer(texts, cfg, progress=progress, length=length)
+    tok.save(out_dir)
     return tok
 
 

@@ -21,17 +21,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 
 from lmforge.config import ConfigError, apply_overrides, from_dict, load_toml, to_dict
-from lmforge.data.loader import TokenWindows
 from lmforge.io import write_json_atomic
-from lmforge.model.gpt import GPT, PRESETS, GPTConfig, depth_dial
+from lmforge.model import FAMILIES, build_model, config_class
+from lmforge.model.gpt import PRESETS, GPTConfig, depth_dial
 from lmforge.tokenizer.encode import read_token_meta
 from lmforge.tokenizer.tokenizer import load_tokenizer
 from lmforge.train import checkpoint as ckpt
 from lmforge.train import distributed as D
-from lmforge.train.metrics import MetricsLog, evaluate_loss, plot_losses
+from lmforge.train.metrics import MetricsLog, plot_losses
+from lmforge.train.objectives import build_objective
 from lmforge.train.optim import OptimConfig, build_optimizer
 from lmforge.train.schedule import ScheduleConfig, lr_factor
 
@@ -91,7 +91,9 @@ class TrainConfig:
 @dataclass(kw_only=True)
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
-    model: GPTConfig = field(default_factory=GPTConfig)
+    # A family's config (GPTConfig, EncoderConfig, Seq2SeqConfig, RNNConfig), picked by the
+    # recipe's `[model] family` in `load_run_config`.
+    model: Any = field(default_factory=GPTConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -116,7 +118,16 @@ def load_run_config(
     data = apply_overrides(data, overrides or {})
     where = str(recipe) if recipe else "defaults"
     try:
-        return from_dict(RunConfig, expand_model_shorthands(data))
+        data = dict(data)
+        model_data = dict(data.pop("model", {}))
+        family = model_data.get("family", "gpt")
+        if family == "gpt":
+            data = expand_model_shorthands({**data, "model": model_data})
+            model_data = data.pop("model")
+        if family not in FAMILIES:
+            raise ConfigError(f"model.family={family!r} is not one of {sorted(FAMILIES)}")
+        cfg = from_dict(RunConfig, data)
+        return replace(cfg, model=from_dict(config_class(family), model_data, "model"))
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
 
@@ -200,20 +211,76 @@ def resolve_tokens_dir(tokens: str, run_dir: Path) -> Path:
 
 
 def copy_tokenizer(tokens_meta: dict[str, Any], run_dir: Path) -> Any:
-    """Copy the tokenizer into the run, so the run alone can be evaluated and served."""
-    src = Path(tokens_meta["tokenizer_dir"])
-    dst = run_dir / "tokenizer"
-    if src.resolve() != dst.resolve():
+    """Copy the tokenizer into the run, so the run alone can be evaluated and served.
+
+    Sentence pairs with separate vocabularies bring the target's too (`tokenizer-tgt`).
+    """
+    copies = [(Path(tokens_meta["tokenizer_dir"]), "tokenizer", "tokenizer_fingerprint")]
+    if tokens_meta.get("shared_vocab") is False:
+        tgt = Path(tokens_meta["tokenizer_dir"]).parent / "tokenizer-tgt"
+        copies.append((tgt, "tokenizer-tgt", "tgt_tokenizer_fingerprint"))
+    for src, name, key in copies:
+        dst = run_dir / name
+        if src.resolve() == dst.resolve():
+            continue
         tokenizer = load_tokenizer(src)
-        if tokenizer.fingerprint != tokens_meta["tokenizer_fingerprint"]:
+        if tokenizer.fingerprint != tokens_meta[key]:
             raise ConfigError(
-                f"the tokenizer at {src} is not the one the tokens were encoded with "
-                "(fingerprints differ); run `lmforge tokenizer encode` again"
+                f"the tokenizer at {src} is not the one the data was encoded with "
+                "(fingerprints differ); encode the data again"
             )
         dst.mkdir(parents=True, exist_ok=True)
-        for name in ("tokenizer.json", "tokenizer_meta.json"):
-            shutil.copyfile(src / name, dst / name)
-    return load_tokenizer(dst)
+        for file in ("tokenizer.json", "tokenizer_meta.json"):
+            shutil.copyfile(src / file, dst / file)
+    return load_tokenizer(run_dir / "tokenizer")
+
+
+def read_data_meta(data_dir: Path, family: str) -> dict[str, Any]:
+    """The meta of a run's training data: sentence pairs for seq2seq, token shards otherwise."""
+    from lmforge.data.pairs import is_pairs_dir, read_pairs_meta
+
+    if family == "seq2seq":
+        return read_pairs_meta(data_dir)
+    if is_pairs_dir(data_dir):
+        raise ConfigError(
+            f"{data_dir} holds sentence pairs, which only model.family='seq2seq' trains on; "
+            f"a {family!r} model reads token shards from `lmforge tokenizer encode`"
+        )
+    return read_token_meta(data_dir)
+
+
+def fit_model_to_data(model_cfg: Any, meta: dict[str, Any], tokenizer: Any) -> Any:
+    """The model config with what the data decides: vocabulary sizes (when 0) and, for
+    seq2seq, the special ids of the run's tokenizer."""
+    updates: dict[str, Any] = {}
+    if model_cfg.vocab_size == 0:
+        updates["vocab_size"] = meta["vocab_size"]
+    elif model_cfg.vocab_size < meta["vocab_size"]:
+        raise ConfigError(
+            f"model.vocab_size={model_cfg.vocab_size} is smaller than the tokenizer's "
+            f"{meta['vocab_size']} tokens; set model.vocab_size = 0 to take it from the tokenizer"
+        )
+    if model_cfg.family == "seq2seq":
+        if not meta["shared_vocab"]:
+            if model_cfg.tgt_vocab_size == 0:
+                updates["tgt_vocab_size"] = meta["tgt_vocab_size"]
+            elif model_cfg.tgt_vocab_size < meta["tgt_vocab_size"]:
+                raise ConfigError(
+                    f"model.tgt_vocab_size={model_cfg.tgt_vocab_size} is smaller than the "
+                    f"target tokenizer's {meta['tgt_vocab_size']} tokens; set it to 0"
+                )
+        for role in ("pad", "bos", "eos"):
+            value = getattr(tokenizer, f"{role}_id")
+            if value is None:
+                raise ConfigError(
+                    f"a seq2seq model needs a {role} token, and the run's tokenizer has none; "
+                    "prepare the pairs with a vocabulary trained by `lmforge data pairs`"
+                )
+            updates[f"{role}_id"] = value
+    try:
+        return replace(model_cfg, **updates)
+    except ValueError as e:
+        raise ConfigError(f"[model]: {e}") from None
 
 
 def train(
@@ -270,25 +337,17 @@ def _train(
         torch.backends.cudnn.allow_tf32 = True
 
     tokens_dir = resolve_tokens_dir(cfg.data.tokens, run_dir)
-    meta = read_token_meta(tokens_dir)
+    meta = read_data_meta(tokens_dir, cfg.model.family)
     if world.is_main:
         copy_tokenizer(meta, run_dir)
     D.barrier(world)
     tokenizer = load_tokenizer(run_dir / "tokenizer")
-    if cfg.model.vocab_size == 0:
-        cfg = replace(cfg, model=replace(cfg.model, vocab_size=meta["vocab_size"]))
-    elif cfg.model.vocab_size < meta["vocab_size"]:
-        raise ConfigError(
-            f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
-            f"{meta['vocab_size']} tokens; set model.vocab_size = 0 to take it from the tokenizer"
-        )
+    cfg = replace(cfg, model=fit_model_to_data(cfg.model, meta, tokenizer))
+    objective = build_objective(cfg, tokens_dir, tokenizer, device)
     seq_len = cfg.model.max_seq_len
-    train_windows = TokenWindows(tokens_dir, cfg.data.train_split, seq_len)
-    val_windows = TokenWindows(tokens_dir, cfg.data.val_split, seq_len)
-    token_bytes = torch.as_tensor(tokenizer.token_bytes, dtype=torch.long, device=device)
 
     torch.manual_seed(tc.seed)  # the same initial weights on every rank
-    model = GPT(cfg.model).to(device)
+    model = build_model(cfg.model).to(device)
     step_module = D.parallelize(model, world, cfg.distributed)
     optimizer = build_optimizer(model, cfg.optim, device.type)
     if world.distributed:
@@ -300,6 +359,8 @@ def _train(
     if resume:
         src = ckpt.checkpoint_dir(run_dir, "last")
         saved_model = ckpt.read_config(src).get("model", {})
+        if saved_model:
+            saved_model.setdefault("family", "gpt")  # saved before there were families
         changed = sorted(k for k, v in config_dict["model"].items() if saved_model.get(k) != v)
         if saved_model and changed:
             raise ConfigError(
@@ -328,26 +389,20 @@ def _train(
         metrics = MetricsLog(run_dir, resume_step=start_step if resume else None)
 
     step_fn = torch.compile(step_module) if tc.compile else step_module
-    tokens_per_step = tc.batch_size * tc.grad_accum_steps * seq_len
-    flops_per_step = model.flops_per_token(seq_len) * tokens_per_step
+    flops_per_token = model.flops_per_token(seq_len)
     # Only rank 0 logs MFU; a matmul benchmark on every rank at once would skew it.
     peak = (tc.peak_flops or peak_flops(device)) if world.is_main else 0.0
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     def run_eval(step: int) -> float:
-        result = evaluate_loss(
-            model,
-            val_windows,
-            device=device,
-            batch_size=tc.eval_batch_size,
-            max_tokens=tc.eval_tokens or None,
-            autocast=autocast,
-            token_bytes=token_bytes,
-            world=world,
+        result = objective.evaluate(
+            model, autocast=autocast, max_tokens=tc.eval_tokens or None, world=world
         )
         record = {"step": step, "val_loss": result["loss"]}
         if "bits_per_byte" in result:
             record["val_bpb"] = result["bits_per_byte"]
+        if "masked_accuracy" in result:
+            record["val_masked_accuracy"] = result["masked_accuracy"]
         if metrics is not None:
             metrics.write(record)
         if not math.isfinite(result["loss"]):
@@ -392,7 +447,7 @@ def _train(
         )
     model.train()
     t_start = time.perf_counter()
-    t_window, steps_window, last_loss, val_loss = time.perf_counter(), 0, math.nan, math.nan
+    t_window, window_tokens, last_loss, val_loss = time.perf_counter(), 0, math.nan, math.nan
     window_loss, loss_steps = torch.zeros((), device=device), 0  # since the last log line
     horizon = tc.max_steps  # the step the LR schedule ends at
     done = start_step
@@ -405,30 +460,25 @@ def _train(
             lr = cfg.optim.lr * factor
             for group in optimizer.param_groups:
                 group["lr"] = group["initial_lr"] * factor
+            step_tokens = 0
             for micro in range(tc.grad_accum_steps):
-                x, y = train_windows.batch(
-                    tc.batch_size,
-                    seed=tc.seed,
-                    step=step * tc.grad_accum_steps + micro,
-                    shard=(world.rank, world.size),
+                batch = objective.batch(
+                    step * tc.grad_accum_steps + micro, shard=(world.rank, world.size)
                 )
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 with D.gradient_sync(step_module, micro == tc.grad_accum_steps - 1):
                     with autocast:
-                        logits = step_fn(x)
-                        loss = F.cross_entropy(
-                            logits.float().view(-1, logits.size(-1)), y.reshape(-1)
-                        )
+                        loss, n_tokens = objective.loss(step_fn, batch)
                     scaler.scale(loss / tc.grad_accum_steps).backward()
                 window_loss += loss.detach()
+                step_tokens += n_tokens * world.size
             if tc.grad_clip > 0:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
-            tokens_seen += tokens_per_step
-            steps_window += 1
+            tokens_seen += step_tokens
+            window_tokens += step_tokens
             loss_steps += 1
             done = step + 1
             step_s = time.perf_counter() - t_step
@@ -456,9 +506,9 @@ def _train(
                         "train.grad_clip"
                     )
                 dt = time.perf_counter() - t_window
-                tok_s = steps_window * tokens_per_step / dt
+                tok_s = window_tokens / dt
                 # Each rank computes 1/N of the step on its own device.
-                mfu = steps_window * flops_per_step / dt / peak / world.size if peak else 0.0
+                mfu = window_tokens * flops_per_token / dt / peak / world.size if peak else 0.0
                 if metrics is not None:
                     metrics.write(
                         {
@@ -476,7 +526,7 @@ def _train(
                     bar.set_postfix(
                         loss=f"{last_loss:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{mfu:.1%}"
                     )
-                t_window, steps_window = time.perf_counter(), 0
+                t_window, window_tokens = time.perf_counter(), 0
 
             at_eval = done % tc.eval_interval == 0 or last
             at_ckpt = tc.checkpoint_interval and done % tc.checkpoint_interval == 0
@@ -489,10 +539,10 @@ def _train(
                 save(done, is_best=is_best)
                 if on_eval is not None:
                     on_eval(done, val_loss)
-                t_window, steps_window = time.perf_counter(), 0
+                t_window, window_tokens = time.perf_counter(), 0
             elif at_ckpt:
                 save(done, is_best=False)
-                t_window, steps_window = time.perf_counter(), 0
+                t_window, window_tokens = time.perf_counter(), 0
             if bar is not None:
                 bar.update(1)
             if last:
@@ -535,6 +585,11 @@ def check_distributed(cfg: RunConfig, world: D.World) -> None:
         raise ConfigError(
             "distributed.backend='nccl' needs CUDA devices; use 'gloo' (or 'auto') on CPUs"
         )
+    if cfg.distributed.strategy == "fsdp" and cfg.model.family != "gpt":
+        raise ConfigError(
+            f"distributed.strategy='fsdp' shards the blocks of a GPT; train a "
+            f"{cfg.model.family!r} model with distributed.strategy='ddp'"
+        )
     if cfg.distributed.strategy == "fsdp" and cfg.optim.name == "muon":
         raise ConfigError(
             "optim.name='muon' needs whole weight matrices, which FSDP shards; use "
@@ -558,7 +613,7 @@ def _load_resume_state(
         return ckpt.load_train_state(src, optimizer)
     # A single-process checkpoint into N processes: load it as one process would, then hand
     # the whole state to the wrapped model, which keeps its own part.
-    twin = GPT(cfg.model)  # on the CPU: the accelerator holds only this rank's part
+    twin = build_model(cfg.model)  # on the CPU: the accelerator holds only this rank's part
     twin_optimizer = build_optimizer(twin, cfg.optim, "cpu")
     ckpt.load_model_weights(twin, src / "model.safetensors")
     state = ckpt.load_train_state(src, twin_optimizer)
