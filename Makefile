@@ -43,8 +43,9 @@ translate-multi30k: $(VENV)/.installed
 
 bert-mlm: $(VENV)/.installed
 	rm -rf runs/bert-mlm
-	$(BIN)/lmforge data prepare $(SHARED)/wikitext-2/valid.txt $(SHARED)/wikitext-2/test.txt \
-		--out runs/bert-mlm/data
+	$(BIN)/lmforge data prepare \
+		$(SHARED)/wikipedia-sample/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2 \
+		--val-fraction 0.1 --test-fraction 0.1 --out runs/bert-mlm/data
 	$(BIN)/lmforge tokenizer train runs/bert-mlm/data --kind wordpiece --lowercase \
 		--vocab-size 8000 --out runs/bert-mlm/tokenizer
 	$(BIN)/lmforge tokenizer encode runs/bert-mlm/data --tokenizer runs/bert-mlm/tokenizer \
