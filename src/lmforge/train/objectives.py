@@ -99,8 +99,10 @@ class RecurrentObjective(LMObjective):
         seq_len, batch = cfg.model.max_seq_len, cfg.train.batch_size
         if train:
             self.train_data = TokenStreams(tokens_dir, cfg.data.train_split, seq_len, batch)
-        self.val_tokens = (tokens_dir, cfg.data.val_split, seq_len)
-        if not sum(len(s) for s in open_shards(tokens_dir, cfg.data.val_split)):
+        # The val split end to end, read once here rather than at every evaluation.
+        shards = open_shards(tokens_dir, cfg.data.val_split)
+        self.val_tokens = np.concatenate([np.asarray(s) for s in shards] or [np.zeros(0, int)])
+        if not len(self.val_tokens):
             raise ValueError(
                 f"the {cfg.data.val_split!r} split in {tokens_dir} has no tokens; prepare more "
                 "data or change the split fractions in `lmforge data prepare`"
@@ -128,8 +130,7 @@ class RecurrentObjective(LMObjective):
         """Every target token of the val split once, read as `eval_batch_size` contiguous
         streams with the state carried through (as the model reads text when it generates);
         the few tokens past an equal share each go on the last stream, alone."""
-        tokens_dir, split, seq_len = self.val_tokens
-        tokens = np.concatenate([np.asarray(s) for s in open_shards(tokens_dir, split)])
+        seq_len, tokens = self.cfg.model.max_seq_len, self.val_tokens
         n = len(tokens) - 1 if not max_tokens else min(len(tokens) - 1, max_tokens)
         rows = max(1, min(self.cfg.train.eval_batch_size, n // seq_len))
         per_row = n // rows
