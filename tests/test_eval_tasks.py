@@ -188,7 +188,9 @@ def test_hellaswag_batched_equals_one_at_a_time(local, tmp_path):
     one = evaluate_multiple_choice(local, items, batch_size=1)
     many = evaluate_multiple_choice(local, items, batch_size=16)
     for a, b in zip(one["samples"], many["samples"]):
-        assert a["loglik"] == pytest.approx(b["loglik"], abs=1e-6)
+        # Padded and unpadded rows run different matmul blockings: equal to float32
+        # rounding of a sum of per-token log-probs, and the predictions exactly.
+        assert a["loglik"] == pytest.approx(b["loglik"], rel=1e-7, abs=1e-6)
         assert a["pred"] == b["pred"] and a["pred_norm"] == b["pred_norm"]
     for key in ("acc", "acc_norm", "acc_bytes"):
         assert one[key] == many[key] and 0.0 <= one[key] <= 1.0
@@ -208,7 +210,9 @@ def test_hellaswag_batched_equals_one_at_a_time(local, tmp_path):
     many = evaluate_multiple_choice(local, short, batch_size=16)
     assert one["truncated"] == 0 and len({s["context_chars"] for s in one["samples"]}) == 25
     for a, b in zip(one["samples"], many["samples"]):
-        assert a["loglik"] == pytest.approx(b["loglik"], abs=1e-6)
+        # Padded and unpadded rows run different matmul blockings: equal to float32
+        # rounding of a sum of per-token log-probs, and the predictions exactly.
+        assert a["loglik"] == pytest.approx(b["loglik"], rel=1e-7, abs=1e-6)
     assert (one["acc"], one["acc_norm"]) == (many["acc"], many["acc_norm"])
 
 
