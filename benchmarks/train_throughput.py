@@ -9,9 +9,10 @@ Three families, each against the transformers model its export adapter maps onto
 | `s2s-a`           | `Seq2Seq`             | `MarianMTModel`   | `export.hf_marian.to_hf_marian` |
 
 Both models of a shape start from the same weights (ours converted by the adapter), see the same
-random batches and run the same step as lmforge's trainer: forward, the family's loss on float
-logits (as `lmforge.train.objectives` computes it), backward, clip the grad norm to 1.0, a step
-of lmforge's AdamW (`build_optimizer`, fused where PyTorch has it), zero_grad. Dropout is 0.
+random batches and run the same step as lmforge's trainer: forward and the family's loss (for
+lmforge exactly as `lmforge.train.objectives` computes it; for transformers as its own models
+or its Trainer compute it), backward, clip the grad norm to 1.0, a step of lmforge's AdamW
+(`build_optimizer`, fused where PyTorch has it), zero_grad. Dropout is 0.
 Timed rounds alternate between the two models (and which goes first) so that machine noise hits
 both alike; warmup steps are not timed. MFU is against `peak_flops(device)` measured in the
 same run.
@@ -19,18 +20,21 @@ same run.
 - GPT: next-token cross-entropy on (B, T) windows of random ids.
 - BERT (`bert-a`, the size of `recipes/bert-mlm.toml`, batch 16): random ids with `[CLS]`
   first, corrupted by lmforge's `mask_tokens` (15% selected, 80/10/10; ids 0-4 special, as in
-  a WordPiece vocabulary); cross-entropy with ignore_index=-100 on the (B, T, V) logits, as
-  `MaskedLMObjective` computes it. The config is BERT's post-norm layout with learned
-  positions, the only one `hf_bert.check_mappable` accepts (the recipe is pre-norm: the same
-  matrices with the LayerNorms moved, so the same FLOPs).
+  a WordPiece vocabulary). lmforge: `Encoder(inputs, labels=labels)`, as `MaskedLMObjective`
+  calls it, which runs the MLM head only at the masked positions; transformers:
+  `BertForMaskedLM(input_ids, labels=labels).loss`, its head on every position. The config is
+  the recipe's: BERT's post-norm layout with learned positions.
 - Seq2seq (`s2s-a`, the size of `recipes/translate-multi30k.toml`: 3+3 layers, width 256,
   d_ff 1024, one shared 8000-token vocabulary; batch 64): random source and target sentences of
   8..24 tokens (sources end with EOS, targets are BOS ... EOS, right-padded to 24 with the pad
-  id, as `PairBatches.collate` builds them); label-smoothed (0.1) cross-entropy on the
-  (B, T, V) logits, pads ignored. The config is post-norm with sinusoidal positions, biases
-  and LayerNorm eps 1e-5: what `hf_marian.check_mappable` requires (Marian has no pre-norm
-  variant; the recipe is pre-norm, which adds one final LayerNorm per stack). HF gets the
-  source padding mask (`attention_mask`); lmforge derives it from the pad id.
+  id, as `PairBatches.collate` builds them); label-smoothed (0.1) cross-entropy, pads ignored.
+  lmforge: `Seq2Seq(src, tgt_in, tgt_out)`, as `TranslationObjective` calls it, which runs the
+  output projection only at real target positions; transformers: the (B, T, V) logits into
+  the same smoothed loss (what its Trainer's `label_smoothing_factor` does). The config is
+  post-norm with sinusoidal positions, biases and LayerNorm eps 1e-5: what
+  `hf_marian.check_mappable` requires (Marian has no pre-norm variant; the recipe is pre-norm,
+  which adds one final LayerNorm per stack). HF gets the source padding mask
+  (`attention_mask`); lmforge derives it from the pad id.
 
 Figures: `tokens_per_s` is the tokens the trainer counts per step over the time of the timed
 steps: B x T for GPT and BERT, real (non-pad) source plus target tokens for seq2seq. `mfu`
@@ -199,11 +203,6 @@ def bert_contest(s: Shape, args: argparse.Namespace, device: torch.device, n: in
     hf = to_hf_bert(ours, attn_implementation="sdpa").train()
     ours_fwd, hf_fwd = maybe_compile(ours, args), maybe_compile(hf, args)
 
-    def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(
-            logits.float().view(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100
-        )
-
     gen = torch.Generator().manual_seed(1)
     batches = []
     for _ in range(n):
@@ -221,8 +220,8 @@ def bert_contest(s: Shape, args: argparse.Namespace, device: torch.device, n: in
         ours=ours,
         hf=hf,
         losses={
-            "lmforge": lambda b: mlm_loss(ours_fwd(b[0]), b[1]),
-            "hf": lambda b: mlm_loss(hf_fwd(input_ids=b[0]).logits, b[1]),
+            "lmforge": lambda b: ours_fwd(b[0], labels=b[1]),
+            "hf": lambda b: hf_fwd(input_ids=b[0], labels=b[1]).loss,
         },
         batches=batches,
         tokens=[tokens] * n,
@@ -307,7 +306,7 @@ def seq2seq_contest(s: Shape, args: argparse.Namespace, device: torch.device, n:
         ours=ours,
         hf=hf,
         losses={
-            "lmforge": lambda b: smoothed_loss(ours_fwd(b[0], b[1]), b[2]),
+            "lmforge": lambda b: ours_fwd(b[0], b[1], b[2]),
             "hf": lambda b: smoothed_loss(hf_logits(b[0], b[1]), b[2]),
         },
         batches=batches,

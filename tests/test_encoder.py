@@ -101,6 +101,23 @@ def test_num_params_and_flops():
     assert tied.num_params(non_embedding=False) == total - V * 32  # the shared table once
 
 
+def test_mlm_loss_on_masked_positions_equals_full_logits_loss():
+    model = tiny(tie_embeddings=False)
+    ids, mask, types = padded_batch()
+    labels = torch.full_like(ids, -100)
+    labels[0, [1, 5, 19]] = ids[0, [1, 5, 19]]
+    labels[1, 3] = 7
+    full = F.cross_entropy(model(ids, mask, types).flatten(0, 1), labels.flatten())
+    picked = model(ids, mask, types, labels=labels)
+    torch.testing.assert_close(picked, full, atol=1e-6, rtol=1e-6)
+    picked.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    full.backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(grads[n], p.grad, atol=1e-6, rtol=1e-5, msg=n)
+
+
 @pytest.mark.parametrize("norm_position", ["post", "pre"])
 def test_padding_does_not_change_real_tokens(norm_position):
     model = tiny(norm_position=norm_position)

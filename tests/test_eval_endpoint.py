@@ -138,15 +138,16 @@ def test_a_server_without_prompt_logprobs_is_named(tmp_path):
         return httpx.Response(200, json={"id": "x", "object": "text_completion", "created": 0,
                                          "model": "m", "choices": choices})  # fmt: skip
 
+    # Without the generation fallback (tests/test_endpoint_fallback.py), the refusal is named.
     with pytest.raises(EndpointError, match="needs the server to return log-probabilities"):
-        evaluate_multiple_choice(canned_server(no_logprobs), SHORT_TASK)
+        evaluate_multiple_choice(canned_server(no_logprobs), SHORT_TASK, method="loglikelihood")
 
     def refuses(request: httpx.Request) -> httpx.Response:
         error = {"message": "logprobs are not supported", "type": "invalid_request_error"}
         return httpx.Response(400, json={"error": error})
 
     with pytest.raises(EndpointError, match="echo=true with logprobs.*not supported"):
-        evaluate_multiple_choice(canned_server(refuses), SHORT_TASK)
+        evaluate_multiple_choice(canned_server(refuses), SHORT_TASK, method="loglikelihood")
 
 
 def test_eval_command_against_an_endpoint(base_url, tmp_path, capsys):

@@ -63,6 +63,15 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     )
     t.add_argument("--limit", type=int, help="evaluate only the first N items")
     t.add_argument(
+        "--mc-method",
+        choices=["auto", "loglikelihood", "generate"],
+        default="auto",
+        help="multiple choice: loglikelihood scores every choice (acc, acc_norm, acc_bytes); "
+        "generate lists the choices lettered A., B., ... and reads the greedy answer back as "
+        "a letter or a choice's text (acc only); auto (default) scores, and generates where "
+        "an --endpoint returns no logprobs. The report names the method used",
+    )
+    t.add_argument(
         "--name",
         default="",
         help="the key of the result in eval.json; empty: the task file's name, plus -Kshot",
@@ -109,13 +118,22 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     m.add_argument("--src", help="with --bleu: source sentences, one per line (.gz ok)")
     m.add_argument("--ref", help="with --bleu: reference translations, line-aligned with --src")
     m.add_argument("--output", help="with --bleu: also write the translations to this file")
+    m.add_argument(
+        "--rouge",
+        action="store_true",
+        help="like --bleu, plus ROUGE-1/2/L (rouge-score, stemmed, best reference); --src may "
+        "be a JSONL file of records, read with --source-field and --reference-field (comma-"
+        "separated for several references; default: target)",
+    )
+    m.add_argument("--source-field", default="source", help="with --rouge and a JSONL --src")
     decode_args(p)
     e = p.add_argument_group("endpoints")
     e.add_argument(
         "--endpoint",
         metavar="URL",
         help="evaluate an OpenAI-compatible server (e.g. http://127.0.0.1:8000/v1) instead of "
-        "a checkpoint; multiple choice needs echo+logprobs (lmforge serve, vLLM)",
+        "a checkpoint; multiple choice is scored with echo+logprobs where the server gives "
+        "them (lmforge serve, vLLM, llama.cpp) and by generation otherwise (see --mc-method)",
     )
     e.add_argument(
         "--model", metavar="NAME", help="the model name on the server; if not given, its only model"
@@ -138,8 +156,11 @@ def _print_task_result(key: str, r: dict[str, Any]) -> None:
 
     head = f"{key} ({r['n']:,} items, {r['num_fewshot']}-shot)"
     if r["kind"] == "multiple_choice":
-        body = "  ".join(metric(m) for m in ("acc", "acc_norm", "acc_bytes"))
+        names = ("acc", "acc_norm", "acc_bytes")
+        body = "  ".join(metric(m) for m in names if r.get(m) is not None)
         print(f"{head}: {body}  (chance {r['chance']:.4f})")
+        if r.get("method") == "generate":
+            print(f"scored by {r['method_detail']}; {r['unparsed']:,} answers named no choice")
     else:
         names = ("exact_match", "f1", "bleu", "chrf", "rouge1", "rouge2", "rougeL")
         print(f"{head}: " + "  ".join(metric(m) for m in names if m in r))
@@ -177,6 +198,7 @@ def _eval_task(a: argparse.Namespace) -> int:
         limit=a.limit,
         batch_size=a.batch_size or 64,
         name=a.name,
+        mc_method=a.mc_method,
         generation=gen,
     )
     result, paths = run_task(
@@ -204,6 +226,10 @@ def _eval_task(a: argparse.Namespace) -> int:
     args=_eval_args,
 )
 def cmd_eval(a: argparse.Namespace) -> int:
+    if a.rouge:
+        from lmforge.cli.translate import eval_rouge
+
+        return eval_rouge(a)
     if a.bleu:
         from lmforge.cli.translate import eval_bleu
 

@@ -28,8 +28,12 @@ def _export_hf_args(p: argparse.ArgumentParser) -> None:
     p.epilog = (
         "GPT-2-style models (learned positions, LayerNorm, GELU, biases) are written as "
         "GPT2LMHeadModel, Llama-style ones (RoPE, RMSNorm, SwiGLU, no biases, any n_kv_heads) "
-        "as LlamaForCausalLM; anything else is refused with the settings to change. Load with "
-        "transformers' AutoModelForCausalLM.from_pretrained(OUT) and AutoTokenizer."
+        "as LlamaForCausalLM (load with AutoModelForCausalLM); post-norm encoders with learned "
+        "positions (model.family='bert', a wordpiece vocabulary) as BertForMaskedLM "
+        "(AutoModelForMaskedLM; AutoTokenizer adds [CLS]/[SEP]); post-norm seq2seq models with "
+        "sinusoidal positions and one shared vocabulary as MarianMTModel "
+        "(AutoModelForSeq2SeqLM; AutoTokenizer ends sources with EOS). Anything else, e.g. a "
+        "pre-norm seq2seq run, is refused with the settings to change."
     )
 
 
@@ -54,13 +58,15 @@ def _import_hf_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "hf_dir",
         help="a local Hugging Face model folder: config.json, *.safetensors weights (pickled "
-        ".bin files are refused) and tokenizer.json; GPT-2, Llama or Mistral",
+        ".bin files are refused) and tokenizer.json; GPT-2, Llama or Mistral (a gpt run), "
+        "BertForMaskedLM (a bert run) or MarianMTModel (a seq2seq run)",
     )
     p.add_argument(
         "--out",
         required=True,
         help="the run directory to write (must not exist or be empty): config.json, "
-        "checkpoints/step-0000000/, tokenizer/; then generate, eval, serve or fine-tune it",
+        "checkpoints/step-0000000/, tokenizer/; then generate, translate, eval, serve or "
+        "fine-tune it",
     )
     p.add_argument(
         "--max-seq-len",
@@ -69,7 +75,11 @@ def _import_hf_args(p: argparse.ArgumentParser) -> None:
         "Llamas is long enough that generate's KV cache would not fit in memory)",
     )
     p.epilog = (
-        "No code from the folder is run (no trust_remote_code); weights are stored as float32."
+        "No code from the folder is run (no trust_remote_code); weights are stored as float32. "
+        "A BERT WordPiece vocabulary imports as kind wordpiece ([CLS] = BOS, [SEP] = EOS). "
+        "Helsinki-NLP Marian folders are refused: they have SentencePiece files instead of "
+        "tokenizer.json and start decoding at the pad id. RoBERTa, DistilBERT, T5 and BART are "
+        "named and refused."
     )
 
 
@@ -84,7 +94,8 @@ def cmd_import_hf(a: argparse.Namespace) -> int:
 
     s = import_hf(a.hf_dir, a.out, max_seq_len=a.max_seq_len)
     print(
-        f"imported {s['architecture']} ({s['parameters']:,} parameters, vocabulary "
+        f"imported {s['architecture']} as a {s['family']} run ({s['parameters']:,} parameters, "
+        f"vocabulary "
         f"{s['vocab_size']:,}, context {s['max_seq_len']:,}) into {s['out']}"
     )
     return 0

@@ -25,6 +25,14 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
 def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="a run directory written by `lmforge train`")
     p.add_argument("--prompt", default="", help="text to continue (default: start a document)")
+    p.add_argument(
+        "--chat",
+        action="store_true",
+        help="treat --prompt as a user message: wrap it in the run's chat template "
+        "(tokenizer/chat_template.jinja, else the default) with the generation prompt, and "
+        "print only the answer (for runs tuned with `lmforge finetune sft`)",
+    )
+    p.add_argument("--system", default="", help="with --chat: a system message first")
     _sampling_args(p)
     p.add_argument("--no-cache", action="store_true", help="recompute the context each step")
     _checkpoint_arg(p)
@@ -41,6 +49,8 @@ def cmd_generate(a: argparse.Namespace) -> int:
     from lmforge.infer.load import load_run
     from lmforge.train.trainer import resolve_device
 
+    if a.chat:
+        return _generate_chat(a)
     run = load_run(
         a.run,
         which=a.checkpoint,
@@ -65,6 +75,51 @@ def cmd_generate(a: argparse.Namespace) -> int:
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
+    return 0
+
+
+def _generate_chat(a: argparse.Namespace) -> int:
+    """`generate --chat`: the prompt as a user turn, in the run's own chat template."""
+    from lmforge.finetune.sft import is_adapter_run, load_sft_model, prompt_ids
+    from lmforge.infer.generate import GenerationConfig, generate_ids, prepare_for_decoding
+    from lmforge.infer.load import load_run
+    from lmforge.tokenizer.chat import template_for_run
+    from lmforge.tokenizer.tokenizer import load_tokenizer
+    from lmforge.train.trainer import resolve_device
+
+    device = resolve_device(a.device)
+    if is_adapter_run(a.run):  # LoRA adapters saved without --merge
+        model, _ = load_sft_model(a.run, device)
+    else:
+        model = load_run(
+            a.run, which=a.checkpoint, device=device, families={"gpt"}, command="generate --chat"
+        ).model
+    tokenizer = load_tokenizer(Path(a.run) / "tokenizer")
+    template = template_for_run(Path(a.run) / "tokenizer")
+    prepare_for_decoding(model)
+    messages = [{"role": "system", "content": a.system}] if a.system else []
+    messages.append({"role": "user", "content": a.prompt})
+    cfg = GenerationConfig(
+        max_new_tokens=a.max_new_tokens,
+        temperature=a.temperature,
+        top_k=a.top_k,
+        top_p=a.top_p,
+        seed=a.seed,
+        use_cache=not a.no_cache,
+    )
+    room = max(1, model.config.max_seq_len - a.max_new_tokens)
+    ids = prompt_ids(tokenizer, template, messages, room)
+    out = []
+    for token in generate_ids(
+        model, ids, cfg, eos_id=tokenizer.eos_ids, vocab_size=tokenizer.vocab_size
+    ):
+        if token in tokenizer.eos_ids:
+            break
+        out.append(token)
+    text = tokenizer.decode(out)
+    for stop in a.stop:
+        text = text.split(stop)[0] if stop else text
+    sys.stdout.write(text + "\n")
     return 0
 
 

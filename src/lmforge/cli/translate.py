@@ -214,3 +214,72 @@ def eval_bleu(a: argparse.Namespace) -> int:
         print(f"  {result['chrf_signature']}")
         print(f"wrote {paths['json']} and {paths['markdown'].name}")
     return 0
+
+
+def eval_rouge(a: argparse.Namespace) -> int:
+    """`lmforge eval RUN --rouge`: BLEU, chrF and ROUGE-1/2/L of a seq2seq run's outputs for a
+    JSONL file (one or several reference fields), a --src/--ref pair, or the run's split."""
+    from lmforge.data.pairs import read_pairs_meta, read_parallel
+    from lmforge.eval.report import record_eval
+    from lmforge.finetune.seq2seq import (
+        Example,
+        Seq2SeqTuneConfig,
+        evaluate_examples,
+        read_seq2seq_jsonl,
+    )
+    from lmforge.infer.load import load_run
+    from lmforge.io import write_text_atomic
+    from lmforge.train.trainer import resolve_device, resolve_tokens_dir
+
+    run = load_run(
+        a.run,
+        which=a.checkpoint,
+        device=resolve_device(a.device),
+        families={"seq2seq"},
+        command="lmforge eval --rouge",
+    )
+    src, ref = a.src, a.ref
+    if src and Path(src).suffix == ".jsonl":
+        fields = [f.strip() for f in (a.reference_field or "target").split(",") if f.strip()]
+        examples, _ = read_seq2seq_jsonl(src, a.source_field, fields)
+        ref = ",".join(fields)
+    else:
+        if bool(src) != bool(ref):
+            raise ValueError("--src and --ref go together (or --src FILE.jsonl alone)")
+        if not src:
+            meta = read_pairs_meta(resolve_tokens_dir(run.config["data"]["tokens"], Path(a.run)))
+            if a.split not in meta["splits"]:
+                raise ValueError(
+                    f"the run's pairs have no {a.split!r} split; pass --src FILE.jsonl"
+                )
+            src, ref = meta["splits"][a.split]["source"], meta["splits"][a.split]["target"]
+        pairs, _, lines = read_parallel(src, ref)
+        examples = [Example(source=s, references=[r], line=n) for (s, r), n in zip(pairs, lines)]
+    cfg = Seq2SeqTuneConfig(
+        beam=a.beam,
+        length_penalty=a.length_penalty,
+        decode_max_len=a.max_len,
+        decode_batch_size=a.translate_batch_size,
+    )
+    result = evaluate_examples(run, examples, cfg, progress=not a.no_progress)
+    result.update(source=str(src), reference=str(ref), checkpoint=run.checkpoint.name)
+    paths = record_eval(
+        run.checkpoint,
+        f"rouge:{Path(src).name}:beam{a.beam}-lp{a.length_penalty:g}",
+        {"kind": "translation", **result},
+        model={"kind": "checkpoint", "run": str(a.run), "checkpoint": run.checkpoint.name},
+    )
+    if a.output:
+        text = "".join(row["prediction"] + "\n" for row in result["samples"])
+        write_text_atomic(Path(a.output), text)
+    if a.json:
+        _print_json({k: v for k, v in result.items() if k != "samples"})
+    else:
+        print(
+            f"BLEU {result['bleu']:.2f}  chrF {result['chrf']:.2f}  ROUGE-1/2/L "
+            f"{result['rouge1']:.2f}/{result['rouge2']:.2f}/{result['rougeL']:.2f}  on "
+            f"{result['n']:,} examples of {src}"
+        )
+        print(f"  {result['bleu_signature']}")
+        print(f"wrote {paths['json']} and {paths['markdown'].name}")
+    return 0

@@ -5,8 +5,11 @@ Multiple choice needs the server to score text it did not write: each choice is 
 (the request lm-evaluation-harness's OpenAI adapter makes) and the continuation's log-prob is
 the sum of the echoed prompt's `token_logprobs` from the first token that starts at or after
 the end of the context (`text_offset`). `lmforge serve` answers such requests, as do vLLM and
-llama.cpp's server; OpenAI's own newer models do not, and a server that does not gets a clear
-error, while generation tasks work against any of them (plain completions).
+llama.cpp's server; OpenAI's own newer models do not. Such a server raises `NoLogprobsError`,
+which `evaluate_multiple_choice` (method "auto") answers by scoring the task through generation
+instead (lettered choices, the answer read back; see `lmforge.eval.multiple_choice`), and the
+result says which method was used; generation tasks work against any server (plain
+completions).
 
 The server tokenizes, so the context/continuation split follows its tokens' text offsets; for
 a tokenizer whose tokens never straddle that boundary (characters, or a space-prefixed
@@ -33,6 +36,10 @@ NEEDS_LOGPROBS = (
 
 class EndpointError(ValueError):
     """A server answered something an evaluation cannot use."""
+
+
+class NoLogprobsError(EndpointError):
+    """The server gives no log-probabilities of a prompt's tokens (or refuses echo)."""
 
 
 def _openai():
@@ -113,7 +120,7 @@ class EndpointLM:
             except self._errors as e:
                 message = getattr(e, "message", str(e))
                 if "logprobs" in message or "echo" in message:
-                    raise EndpointError(NEEDS_LOGPROBS.format(detail=message)) from e
+                    raise NoLogprobsError(NEEDS_LOGPROBS.format(detail=message)) from e
                 hint = ""
                 if getattr(e, "code", None) == "context_length_exceeded":
                     hint = (
@@ -184,9 +191,9 @@ def _continuation_score(choice: Any, context_chars: int, prompt_chars: int) -> L
     offsets = getattr(lp, "text_offset", None) if lp is not None else None
     values = getattr(lp, "token_logprobs", None) if lp is not None else None
     if not tokens or offsets is None or values is None:
-        raise EndpointError(NEEDS_LOGPROBS.format(detail="it returned no logprobs"))
+        raise NoLogprobsError(NEEDS_LOGPROBS.format(detail="it returned no logprobs"))
     if not offsets or offsets[0] != 0:
-        raise EndpointError(
+        raise NoLogprobsError(
             NEEDS_LOGPROBS.format(detail="it did not echo the prompt's tokens (echo=true)")
         )
     top = getattr(lp, "top_logprobs", None) or [None] * len(tokens)
@@ -201,7 +208,7 @@ def _continuation_score(choice: Any, context_chars: int, prompt_chars: int) -> L
         if offset < context_chars or offset >= prompt_chars:
             continue  # a context token, or one the server generated after the prompt
         if value is None:
-            raise EndpointError(NEEDS_LOGPROBS.format(detail="a prompt token had no logprob"))
+            raise NoLogprobsError(NEEDS_LOGPROBS.format(detail="a prompt token had no logprob"))
         total += value
         count += 1
         if best:

@@ -15,6 +15,16 @@ Each choice is a continuation of the context after one space (the harness's
   harness's code divides by; its docs call it byte-length normalization);
 - `acc_bytes`: divided by the choice's length in UTF-8 bytes (the harness's `acc_bytes`).
 
+A server that returns no log-probabilities of a prompt (`lmforge.eval.endpoint.NoLogprobsError`)
+cannot score choices, so with method "auto" (the default) the task is asked through generation
+instead, and the result's `method` says so: the context is followed by the choices lettered
+A., B., ... and "Answer:", the model writes greedily (up to 16 tokens, ending at a newline), and
+its answer is read back as a letter ("B", "(B)", "B.") or else as the text of a choice (SQuAD
+normalization, the longest choice that the answer starts with). An answer that is neither is
+wrong, and counted (`unparsed`). Only `acc` exists then; few-shot examples are shown in the same
+lettered form with their answer. Method "generate" asks this way on purpose (any model), and
+"loglikelihood" never falls back.
+
 With `num_fewshot` K, each item's context is preceded by K solved examples
 (``context + " " + gold choice``, joined by blank lines, as the harness formats them), drawn
 from a separate file or from the task itself without the item. The draw for item i uses a
@@ -25,6 +35,7 @@ the other items (the harness draws from one generator in item order instead).
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
 from collections.abc import Iterable, Sequence
@@ -35,9 +46,20 @@ from typing import Any
 import numpy as np
 
 from lmforge.eval.lm import EvalLM
-from lmforge.eval.metrics import mean_stderr
+from lmforge.eval.metrics import mean_stderr, normalize_answer
+from lmforge.infer.generate import GenerationConfig
+
+log = logging.getLogger(__name__)
 
 MC_FORMATS = ("mc", "hellaswag", "piqa", "arc")
+MC_METHODS = ("auto", "loglikelihood", "generate")
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+GENERATE_METHOD = (
+    "generation: choices lettered A., B., ... after the context, greedy answer (16 tokens at "
+    "most, up to a newline) read back as a letter or as a choice's text"
+)
+_ANSWER = GenerationConfig(max_new_tokens=16, temperature=0.0, stop=("\n",))
+_LETTER = re.compile(r"^\(?([A-Z])(?:[).:,\s]|$)")
 TARGET_DELIMITER = " "  # between context and choice, as the harness's default
 FEWSHOT_DELIMITER = "\n\n"  # between solved examples
 
@@ -215,6 +237,84 @@ def fewshot_prefix(
     return FEWSHOT_DELIMITER.join(solved) + FEWSHOT_DELIMITER
 
 
+def lettered_prompt(item: MCItem) -> str:
+    """The context, the choices as "A. ...", one a line, and "Answer:" (generation method)."""
+    lines = [f"{LETTERS[j]}. {choice}" for j, choice in enumerate(item.choices)]
+    return "\n".join([item.context, *lines, "Answer:"])
+
+
+def read_answer(text: str, choices: Sequence[str]) -> int | None:
+    """The choice a generated answer names: by letter, else by its text; None if neither."""
+    answer = text.strip()
+    m = _LETTER.match(answer)
+    if m and LETTERS.index(m.group(1)) < len(choices):
+        return LETTERS.index(m.group(1))
+    said = normalize_answer(answer)
+    named = [
+        (len(c), j)
+        for j, c in enumerate(map(normalize_answer, choices))
+        if c and (said == c or said.startswith(c + " "))
+    ]
+    return max(named)[1] if named else None
+
+
+def _evaluate_by_generation(
+    lm: EvalLM,
+    items: Sequence[MCItem],
+    pool: Sequence[MCItem],
+    *,
+    num_fewshot: int,
+    seed: int,
+    progress: bool,
+) -> dict[str, Any]:
+    prompts = []
+    for i, item in enumerate(items):
+        shots = []
+        if num_fewshot:
+            candidates = [p for p in pool if p.source != item.source]
+            if len(candidates) < num_fewshot:
+                raise TaskError(
+                    f"{num_fewshot} few-shot examples asked for, but only {len(candidates)} "
+                    "are available"
+                )
+            drawn = random.Random(f"{seed}:{i}").sample(candidates, num_fewshot)
+            shots = [f"{lettered_prompt(s)} {LETTERS[s.gold]}" for s in drawn]
+        prompts.append(FEWSHOT_DELIMITER.join([*shots, lettered_prompt(item)]))
+    outputs = lm.generate(prompts, _ANSWER, progress=progress)
+    acc, samples, unparsed = [], [], 0
+    for item, prompt, out in zip(items, prompts, outputs):
+        pred = read_answer(out.text, item.choices)
+        unparsed += pred is None
+        acc.append(float(pred == item.gold))
+        samples.append(
+            {
+                "source": item.source,
+                "gold": item.gold,
+                "pred": pred,
+                "generated": out.text,
+                "truncated": out.truncated,
+                "context_chars": len(prompt),
+            }
+        )
+    mean, stderr = mean_stderr(acc)
+    return {
+        "kind": "multiple_choice",
+        "n": len(items),
+        "method": "generate",
+        "method_detail": GENERATE_METHOD,
+        "acc": mean,
+        "acc_stderr": stderr,
+        "acc_norm": None,
+        "acc_bytes": None,
+        "unparsed": unparsed,
+        "num_fewshot": num_fewshot,
+        "fewshot_seed": seed,
+        "truncated": sum(s["truncated"] for s in samples),
+        "chance": float(np.mean([1 / len(item.choices) for item in items])),
+        "samples": samples,
+    }
+
+
 def evaluate_multiple_choice(
     lm: EvalLM,
     items: Sequence[MCItem],
@@ -224,22 +324,38 @@ def evaluate_multiple_choice(
     seed: int = 1234,
     batch_size: int = 16,
     progress: bool = False,
+    method: str = "auto",
 ) -> dict[str, Any]:
     """acc, acc_norm and acc_bytes (with standard errors) of `lm` on `items`, and per-item rows.
 
     Few-shot examples come from `fewshot_items` when given, else from `items` without the
-    item being asked.
+    item being asked. `method`: "loglikelihood" scores each choice; "generate" asks for a
+    lettered answer (only `acc` then); "auto" scores, and asks instead where `lm` is a server
+    that returns no log-probabilities.
     """
+    from lmforge.eval.endpoint import NoLogprobsError
+
     if num_fewshot < 0:
         raise ValueError(f"num_fewshot must be >= 0, got {num_fewshot}")
+    if method not in MC_METHODS:
+        raise ValueError(f"method={method!r} is not one of {', '.join(MC_METHODS)}")
     pool = fewshot_items if fewshot_items is not None else items
+    by_generation = dict(num_fewshot=num_fewshot, seed=seed, progress=progress)
+    if method == "generate":
+        return _evaluate_by_generation(lm, items, pool, **by_generation)
     pairs: list[tuple[str, str]] = []
     contexts: list[str] = []
     for i, item in enumerate(items):
         ctx = fewshot_prefix(i, num_fewshot, pool, seed=seed, exclude=item) + item.context
         contexts.append(ctx)
         pairs.extend((ctx, TARGET_DELIMITER + choice) for choice in item.choices)
-    scores = lm.loglikelihood(pairs, batch_size=batch_size, progress=progress)
+    try:
+        scores = lm.loglikelihood(pairs, batch_size=batch_size, progress=progress)
+    except NoLogprobsError as e:
+        if method != "auto":
+            raise
+        log.warning("%s; asking for lettered answers instead (method: generate)", e)
+        return _evaluate_by_generation(lm, items, pool, **by_generation)
 
     acc, acc_norm, acc_bytes, samples = [], [], [], []
     truncated = 0
@@ -271,6 +387,7 @@ def evaluate_multiple_choice(
             }
         )
     result: dict[str, Any] = {"kind": "multiple_choice", "n": len(items)}
+    result["method"] = "loglikelihood"
     for name, values in (("acc", acc), ("acc_norm", acc_norm), ("acc_bytes", acc_bytes)):
         mean, stderr = mean_stderr(values)
         result[name] = mean

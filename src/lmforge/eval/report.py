@@ -166,6 +166,13 @@ def _details(key: str, r: dict[str, Any]) -> list[str]:
             lines.append(f"- {r['truncated']:,} items had their prompt cut on the left to fit")
     if kind == "multiple_choice":
         lines.append(f"- chance accuracy: {_fmt(r.get('chance'))}")
+        if r.get("method") == "generate":
+            lines.append(
+                f"- method: {r.get('method_detail')}; {r.get('unparsed', 0):,} answers named "
+                "no choice (counted wrong)"
+            )
+        elif r.get("method"):
+            lines.append(f"- method: {r['method']} (each choice scored)")
     if kind == "generation":
         dec = r.get("decoding", {})
         lines.append(

@@ -41,6 +41,9 @@ class TaskConfig:
     limit: int | None = None  # the first N items only
     batch_size: int = 16  # multiple choice: requests per forward pass (or per HTTP request)
     name: str = ""  # the key in eval.json; "" = the file name (+ "-Kshot")
+    # Multiple choice: auto (log-likelihood; generation if a server gives no logprobs),
+    # loglikelihood or generate (`lmforge.eval.multiple_choice`).
+    mc_method: str = "auto"
     generation: GenerationTaskConfig = field(default_factory=GenerationTaskConfig)
 
     def __post_init__(self) -> None:
@@ -86,6 +89,7 @@ def evaluate_task(lm: EvalLM, cfg: TaskConfig, *, progress: bool = False) -> dic
             seed=cfg.seed,
             batch_size=cfg.batch_size,
             progress=progress,
+            method=cfg.mc_method,
         )
         return {"task_file": str(cfg.task), "format": fmt, **result}
     items, info = load_generation_items(cfg.task, cfg.generation, limit=cfg.limit)

@@ -1,24 +1,39 @@
 """Whole runs to Hugging Face model folders and back: `lmforge export hf` / `lmforge import hf`.
 
-`export_hf` writes a folder that `transformers` loads with `AutoModelForCausalLM` and
-`AutoTokenizer`: `config.json`, `model.safetensors`, `generation_config.json`, `tokenizer.json`,
-`tokenizer_config.json` and `special_tokens_map.json`. `import_hf` reads such a folder from
-disk (safetensors only: pickled `.bin` weights are refused, and no code from the folder is ever
-run) and writes an lmforge run directory that `generate`, `eval`, `serve` and fine-tuning load.
-Quantized folders and folders whose files lack a tensor are refused, naming what is missing.
-Two facts about how the model reads text travel with its tokenizer both ways: whether every
-sequence starts with BOS (`Tokenizer.add_bos`, `add_bos_token`) and which ids end a generation
-(`Tokenizer.eos_ids`, `generation_config.json`'s `eos_token_id`).
+`export_hf` writes a folder that `transformers` loads with its Auto classes and `AutoTokenizer`:
+`config.json`, `model.safetensors`, `generation_config.json` (generating families),
+`tokenizer.json`, `tokenizer_config.json` and `special_tokens_map.json`. `import_hf` reads such
+a folder from disk (safetensors only: pickled `.bin` weights are refused, and no code from the
+folder is ever run) and writes an lmforge run directory that `generate`, `translate`, `eval`,
+`serve` and fine-tuning load. Quantized folders and folders whose files lack a tensor are
+refused, naming what is missing. Two facts about how a decoder reads text travel with its
+tokenizer both ways: whether every sequence starts with BOS (`Tokenizer.add_bos`,
+`add_bos_token`) and which ids end a generation (`Tokenizer.eos_ids`, `generation_config.json`'s
+`eos_token_id`).
 
 Weights go through the state-dict adapters and nothing else; which adapter applies is decided
-by two tables, so another family (the encoder as `BertForMaskedLM`, the encoder-decoder as T5)
-is one more row in each when it exists:
+by two tables (`EXPORT_TARGETS` for decoders, `IMPORT_SOURCES` by `model_type`), one row per
+architecture:
 
-| lmforge model                                        | Hugging Face class  | adapter    |
-|------------------------------------------------------|---------------------|------------|
-| learned positions, LayerNorm, GELU, biases, MHA      | `GPT2LMHeadModel`   | `hf_gpt2`  |
-| RoPE, RMSNorm, SwiGLU, no biases, MHA/GQA/MQA        | `LlamaForCausalLM`  | `hf_llama` |
+| lmforge model                                        | Hugging Face class   | adapter      |
+|------------------------------------------------------|----------------------|--------------|
+| GPT: learned positions, LayerNorm, GELU, biases, MHA | `GPT2LMHeadModel`    | `hf_gpt2`    |
+| GPT: RoPE, RMSNorm, SwiGLU, no biases, MHA/GQA/MQA   | `LlamaForCausalLM`   | `hf_llama`   |
 | (import only) a Mistral whose window spans the context | `MistralForCausalLM` | `hf_llama` |
+| encoder (bert): post-norm, learned positions         | `BertForMaskedLM`    | `hf_bert`    |
+| seq2seq: post-norm, sinusoidal positions, biases     | `MarianMTModel`      | `hf_marian`  |
+
+Tokenizers: a BERT folder gets lmforge's WordPiece `tokenizer.json` as it is (its
+post-processor already adds `[CLS] ... [SEP]`, and its normalizer lowercases or not), with the
+BERT roles (`cls`, `sep`, `mask`, ...) in `tokenizer_config.json`, so `AutoTokenizer(text)` gives
+`[CLS] + encode(text) + [SEP]`, the ids the encoder was trained on. A BERT folder whose
+`tokenizer.json` is a WordPiece with BERT's five special tokens imports as kind `wordpiece`
+(same whole-word masking and byte counts as one trained here), any other as kind `hf` with
+`[CLS]` as BOS and `[SEP]` as EOS. A Marian folder gets a `tokenizer.json` whose post-processor
+appends EOS, as lmforge's translation sources end (`translate.encode_sources`), so
+`model.generate(**tokenizer(text))` translates; real Helsinki-NLP Marian folders have
+SentencePiece files and no `tokenizer.json`, and start decoding at the pad id: both are refused
+with what to do.
 
 Written by hand because what it does is lmforge's own: the run layout on one side, and on the
 other only `transformers`' own `save_pretrained`/`from_pretrained`.
@@ -37,33 +52,44 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from lmforge.deps import require
-from lmforge.export import hf_gpt2, hf_llama
+from lmforge.export import hf_bert, hf_gpt2, hf_llama, hf_marian
+from lmforge.export.hf_tokenizer import (
+    CHAT_TEMPLATE_FILE,
+    InteropError,
+    chat_template,
+    load_hf_tokenizer,
+    read_json,
+    source_tokenizer_json,
+    tokenizer_files,
+)
 from lmforge.io import write_json_atomic, write_text_atomic
-from lmforge.model import require_family
+from lmforge.model import family_of, require_family
 from lmforge.model.gpt import GPT, GPTConfig
-from lmforge.tokenizer.tokenizer import HF_KIND, Tokenizer
+from lmforge.tokenizer.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-CHAT_TEMPLATE_FILE = "chat_template.jinja"  # where transformers 5 keeps a chat template
+__all__ = ["InteropError", "export_hf", "import_hf", "load_hf_tokenizer", "tokenizer_files"]
 
-# Architectures lmforge knows of but has no family for yet: model_type -> what is missing.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+FAMILIES = ("gpt", "bert", "seq2seq")  # the families `export_hf` writes
+
+# Architectures lmforge knows of but cannot map: model_type -> what is missing, what to use.
 _NEEDS_FAMILY = {
-    "bert": "the encoder family (BertForMaskedLM)",
-    "roberta": "the encoder family",
-    "distilbert": "the encoder family",
-    "t5": "the encoder-decoder family",
-    "bart": "the encoder-decoder family",
+    "roberta": "RoBERTa's positions start at padding_idx + 1, which lmforge's encoder does "
+    "not do (it imports bert, as BertForMaskedLM)",
+    "distilbert": "DistilBERT's layout (no token types, its own names) in the BERT adapter "
+    "(lmforge imports bert, as BertForMaskedLM)",
+    "t5": "T5's relative position buckets and RMSNorm in the encoder-decoder family "
+    "(lmforge imports marian, as MarianMTModel)",
+    "bart": "BART's learned positions (offset by 2) and embedding LayerNorms in the "
+    "encoder-decoder family (lmforge imports marian, as MarianMTModel)",
 }
 # Pickle-based weight files, which can run code when loaded.
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-
-
-class InteropError(ValueError):
-    """A run or a Hugging Face folder that cannot be converted, and what to change."""
 
 
 # ---------------------------------------------------------------- the adapter tables
@@ -86,7 +112,7 @@ def _cap_context(model: GPT, max_seq_len: int | None) -> GPT:
     """`model` with its context cut to `max_seq_len` (learned positions keep the first rows)."""
     if not max_seq_len or max_seq_len >= model.config.max_seq_len:
         return model
-    capped = GPT(replace(model.config, max_seq_len=max_seq_len))
+    capped = type(model)(replace(model.config, max_seq_len=max_seq_len))
     state = model.state_dict()
     if "pos_emb.weight" in state:
         state["pos_emb.weight"] = state["pos_emb.weight"][:max_seq_len]
@@ -102,6 +128,29 @@ def _import_llama(hf_model: Any, max_seq_len: int | None) -> GPT:
     return hf_llama.from_hf_llama(hf_model, max_seq_len=max_seq_len)
 
 
+def _import_bert(hf_model: Any, max_seq_len: int | None) -> nn.Module:
+    # The Encoder keeps BERT's learned positions in `pos_emb`, as the GPT-2 decoder does.
+    return _cap_context(hf_bert.from_hf_bert(hf_model), max_seq_len)
+
+
+def _import_marian(hf_model: Any, max_seq_len: int | None) -> nn.Module:
+    c = hf_model.config
+    if c.decoder_start_token_id == c.pad_token_id:
+        raise ValueError(
+            f"decoder_start_token_id={c.decoder_start_token_id} is the pad id (as in "
+            "Helsinki-NLP's Marian models); lmforge's decoder starts at a BOS token distinct "
+            "from padding, so only Marian models that start at their own BOS import (those "
+            "`lmforge export hf` writes)"
+        )
+    model = hf_marian.from_hf_marian(hf_model)
+    if max_seq_len and max_seq_len < model.config.max_seq_len:
+        # Sinusoidal tables are computed, not stored: a shorter context is only a setting.
+        capped = type(model)(replace(model.config, max_seq_len=max_seq_len))
+        capped.load_state_dict(model.state_dict(), strict=True)
+        model = capped
+    return model
+
+
 @dataclass(frozen=True)
 class ExportTarget:
     """One Hugging Face class a GPT can be written as (and llama.cpp architecture, `name`)."""
@@ -114,10 +163,11 @@ class ExportTarget:
 
 @dataclass(frozen=True)
 class ImportSource:
-    """One Hugging Face architecture (by `model_type`) a GPT can be read from."""
+    """One Hugging Face architecture (by `model_type`) a run can be read from."""
 
     hf_class: str
-    convert: Callable[[Any, int | None], GPT]  # (transformers model, max_seq_len) -> ours
+    family: str  # the lmforge model family it becomes
+    convert: Callable[[Any, int | None], nn.Module]  # (transformers model, max_seq_len) -> ours
 
 
 EXPORT_TARGETS = (
@@ -127,9 +177,11 @@ EXPORT_TARGETS = (
 
 
 IMPORT_SOURCES = {
-    "gpt2": ImportSource("GPT2LMHeadModel", _import_gpt2),
-    "llama": ImportSource("LlamaForCausalLM", _import_llama),
-    "mistral": ImportSource("MistralForCausalLM", _import_llama),
+    "gpt2": ImportSource("GPT2LMHeadModel", "gpt", _import_gpt2),
+    "llama": ImportSource("LlamaForCausalLM", "gpt", _import_llama),
+    "mistral": ImportSource("MistralForCausalLM", "gpt", _import_llama),
+    "bert": ImportSource("BertForMaskedLM", "bert", _import_bert),
+    "marian": ImportSource("MarianMTModel", "seq2seq", _import_marian),
 }
 
 
@@ -163,38 +215,108 @@ def _run_model_config(run_dir: Path, which: str) -> dict[str, Any]:
 
     config = ckpt.read_config(ckpt.checkpoint_dir(run_dir, which))
     model = config.get("model", {})
-    require_family(model, {"gpt"}, "lmforge export hf")
-    known = {f.name for f in fields(GPTConfig)}
-    unknown = sorted(set(model) - known)
-    if unknown:
-        raise InteropError(
-            f"{run_dir}: the model has fields {unknown} that the GPT decoder does not; only "
-            "decoder (GPT) runs export to Hugging Face so far (encoder export needs the encoder "
-            "family, as BertForMaskedLM)"
-        )
+    require_family(model, set(FAMILIES), "lmforge export hf")
+    if family_of(model) == "gpt":
+        known = {f.name for f in fields(GPTConfig)}
+        unknown = sorted(set(model) - known)
+        if unknown:
+            raise InteropError(
+                f"{run_dir}: the model has fields {unknown} that the GPT decoder does not; a "
+                "run of another family says so with model.family (an encoder: 'bert', as "
+                "BertForMaskedLM; an encoder-decoder: 'seq2seq', as MarianMTModel)"
+            )
     return model
 
 
-def tokenizer_files(tok: Tokenizer, *, max_seq_len: int) -> dict[str, Any]:
-    """The `tokenizer_config.json` and `special_tokens_map.json` contents for `tok`.
+@dataclass
+class _Exported:
+    """What one family's exporter hands back to `export_hf` to write."""
 
-    `tokenizer.json` is lmforge's own file unchanged; `PreTrainedTokenizerFast` wraps it in
-    transformers 4 and 5 alike. `add_bos_token` says whether a prompt starts with BOS, as
-    `Tokenizer.encode_prompt` does: false for lmforge's own vocabularies, true for an imported
-    one whose model was trained with BOS (transformers rebuilds the post-processor from it), so
-    `AutoTokenizer(text)` gives `encode_prompt(text)`'s ids (for text that does not spell a
-    special token: transformers, as usual, reads a literal "<|eos|>" as the EOS id, where
-    lmforge reads it as text).
-    """
-    special = {f"{role}_token": text for role, text in tok.special_roles.items() if text}
-    config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        **special,
-        "add_bos_token": tok.add_bos,
-        "model_max_length": max_seq_len,
-        "clean_up_tokenization_spaces": False,
-    }
-    return {"tokenizer_config.json": config, "special_tokens_map.json": special}
+    hf: Any  # the transformers model
+    hf_class: str
+    tokenizer_json: str
+    generation: dict[str, Any] | None = None  # generation_config.json fields, if it generates
+    config_extra: dict[str, Any] | None = None  # keys added to config.json after saving
+
+
+def _export_gpt(run: Any, run_dir: Path) -> _Exported:
+    cfg, tok = run.model.config, run.tokenizer
+    target = pick_target(cfg)
+    generation = dict(
+        bos_token_id=tok.bos_id,
+        # Every id lmforge stops at; a list only where there are several (imported models).
+        eos_token_id=list(tok.eos_ids) if len(tok.eos_ids) > 1 else tok.eos_id,
+        pad_token_id=tok.pad_id,
+        max_length=cfg.max_seq_len,
+        do_sample=True,  # lmforge generate's defaults: sampling at temperature 0.8
+        temperature=0.8,
+        top_p=0.95,
+    )
+    # transformers 5 writes rope_parameters only; transformers 4 reads rope_theta.
+    extra = {"rope_theta": cfg.rope_theta} if target.name == "llama" else None
+    return _Exported(
+        target.build(run.model, tok), target.hf_class, tok.to_json(), generation, extra
+    )
+
+
+def _export_bert(run: Any, run_dir: Path) -> _Exported:
+    tok = run.tokenizer
+    try:
+        hf_bert.check_mappable(run.model.config)
+    except ValueError as e:
+        raise InteropError(f"{run_dir}: {e}") from None
+    if tok.mask_id is None or tok.cls_id is None or tok.sep_id is None:
+        raise InteropError(
+            f"{run_dir}: the tokenizer ({tok.kind}) has no [MASK]/[CLS]/[SEP] roles, which "
+            "BertForMaskedLM's tokenizer needs; train the encoder with a `--kind wordpiece` "
+            "vocabulary"
+        )
+    hf = hf_bert.to_hf_bert(run.model)
+    hf.config.pad_token_id = tok.pad_id
+    return _Exported(hf, "BertForMaskedLM", tok.to_json())
+
+
+def _export_seq2seq(run: Any, run_dir: Path) -> _Exported:
+    cfg, tok = run.model.config, run.tokenizer
+    if run.tgt_tokenizer is not None:
+        raise InteropError(
+            f"{run_dir} has a separate target vocabulary (tokenizer-tgt/); a Hugging Face "
+            "folder holds one tokenizer.json, so train with a shared vocabulary "
+            "(`lmforge data pairs` without --tgt-vocab) to export"
+        )
+    try:
+        hf = hf_marian.to_hf_marian(run.model)
+    except ValueError as e:
+        hint = ""
+        if cfg.norm_position == "pre":
+            hint = (
+                " (pre-norm models map onto fairseq's M2M100 layout, which transformers "
+                "recomputes its own position table for, so they are not exported)"
+            )
+        raise InteropError(f"{run_dir}: {e}{hint}") from None
+    if (tok.bos_id, tok.eos_id, tok.pad_id) != (cfg.bos_id, cfg.eos_id, cfg.pad_id):
+        raise InteropError(
+            f"{run_dir}: the tokenizer's bos/eos/pad ids {(tok.bos_id, tok.eos_id, tok.pad_id)} "
+            f"differ from the model's {(cfg.bos_id, cfg.eos_id, cfg.pad_id)}"
+        )
+    generation = dict(
+        bos_token_id=cfg.bos_id,
+        eos_token_id=cfg.eos_id,
+        pad_token_id=cfg.pad_id,
+        decoder_start_token_id=cfg.bos_id,
+        max_length=cfg.max_seq_len,  # BOS and EOS included, as `lmforge translate`'s limit
+        num_beams=4,  # `lmforge translate`'s default decoding: beam 4, length penalty 1
+        length_penalty=1.0,
+        suppress_tokens=[cfg.pad_id, cfg.bos_id],  # as lmforge's decoders never emit them
+    )
+    return _Exported(hf, "MarianMTModel", source_tokenizer_json(tok), generation)
+
+
+_EXPORTERS: dict[str, Callable[[Any, Path], _Exported]] = {
+    "gpt": _export_gpt,
+    "bert": _export_bert,
+    "seq2seq": _export_seq2seq,
+}
 
 
 def _prepare_out(out_dir: Path) -> Path:
@@ -220,8 +342,9 @@ def export_hf(
 ) -> dict[str, Any]:
     """Write checkpoint `which` of a run as a Hugging Face folder; return what was written.
 
-    Only float32 keeps the logits equal to lmforge's (to ~1e-6); bfloat16/float16 halve the
-    size and round every weight.
+    A GPT becomes `GPT2LMHeadModel` or `LlamaForCausalLM`, an encoder `BertForMaskedLM`, an
+    encoder-decoder `MarianMTModel`. Only float32 keeps the logits equal to lmforge's (to
+    ~1e-6); bfloat16/float16 halve the size and round every weight.
     """
     transformers = require("transformers", "hf")
     from lmforge.infer.load import load_run
@@ -229,31 +352,23 @@ def export_hf(
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if dtype not in DTYPES:
         raise InteropError(f"dtype={dtype!r}; expected one of {sorted(DTYPES)}")
-    _run_model_config(run_dir, which)
-    run = load_run(run_dir, which=which, families={"gpt"}, command="lmforge export hf")
-    cfg, tok = run.model.config, run.tokenizer
-    target = pick_target(cfg)
-    hf = target.build(run.model, tok).to(DTYPES[dtype]).eval()
-    hf.generation_config = transformers.GenerationConfig(
-        bos_token_id=tok.bos_id,
-        # Every id lmforge stops at; a list only where there are several (imported models).
-        eos_token_id=list(tok.eos_ids) if len(tok.eos_ids) > 1 else tok.eos_id,
-        pad_token_id=tok.pad_id,
-        max_length=cfg.max_seq_len,
-        do_sample=True,  # lmforge generate's defaults: sampling at temperature 0.8
-        temperature=0.8,
-        top_p=0.95,
-    )
+    family = family_of(_run_model_config(run_dir, which))
+    run = load_run(run_dir, which=which, families=set(FAMILIES), command="lmforge export hf")
+    exported = _EXPORTERS[family](run, run_dir)
+    hf = exported.hf.to(DTYPES[dtype]).eval()
+    if exported.generation is not None:
+        hf.generation_config = transformers.GenerationConfig(**exported.generation)
+    tok, max_seq_len = run.tokenizer, run.model.config.max_seq_len
     tmp = _prepare_out(out_dir)
     try:
-        hf.save_pretrained(tmp)  # config.json, model.safetensors, generation_config.json
-        if target.name == "llama":
-            # transformers 5 writes rope_parameters only; transformers 4 reads rope_theta.
+        hf.save_pretrained(tmp)  # config.json, model.safetensors (generation_config.json)
+        if exported.config_extra:
             hf_config = json.loads((tmp / "config.json").read_text(encoding="utf-8"))
-            hf_config.setdefault("rope_theta", cfg.rope_theta)
+            for key, value in exported.config_extra.items():
+                hf_config.setdefault(key, value)
             write_json_atomic(tmp / "config.json", hf_config)
-        write_text_atomic(tmp / "tokenizer.json", tok.to_json())
-        files = tokenizer_files(tok, max_seq_len=cfg.max_seq_len)
+        write_text_atomic(tmp / "tokenizer.json", exported.tokenizer_json)
+        files = tokenizer_files(tok, max_seq_len=max_seq_len, family=family)
         template = run_dir / "tokenizer" / CHAT_TEMPLATE_FILE
         if template.is_file():
             # Both places transformers looks: the file (v5) and tokenizer_config.json (v4).
@@ -267,43 +382,31 @@ def export_hf(
         raise
     summary = {
         "out": str(out_dir),
-        "architecture": target.hf_class,
+        "architecture": exported.hf_class,
         "checkpoint": run.checkpoint.name,
         "dtype": dtype,
         "parameters": sum(p.numel() for p in run.model.parameters()),
         "files": sorted(p.name for p in out_dir.iterdir()),
     }
-    log.info("exported %s as %s to %s", run.checkpoint, target.hf_class, out_dir)
+    log.info("exported %s as %s to %s", run.checkpoint, exported.hf_class, out_dir)
     return summary
 
 
 # ---------------------------------------------------------------- import
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InteropError(f"{path} is not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise InteropError(f"{path} holds a {type(data).__name__}, expected a JSON object")
-    return data
-
-
 def _check_hf_dir(hf_dir: Path) -> tuple[str, ImportSource]:
     """The model_type and import source of a local HF folder, or a clear refusal."""
     if not hf_dir.is_dir():
         raise InteropError(f"{hf_dir} is not a folder; give a local Hugging Face model folder")
-    config = _read_json(hf_dir / "config.json")
+    config = read_json(hf_dir / "config.json")
     if not config:
         raise InteropError(f"{hf_dir} has no config.json; it is not a Hugging Face model folder")
     model_type = config.get("model_type")
     if model_type not in IMPORT_SOURCES:
         supported = ", ".join(f"{k} ({v.hf_class})" for k, v in IMPORT_SOURCES.items())
         why = _NEEDS_FAMILY.get(model_type)
-        hint = f"; importing it needs {why}, which lmforge does not have yet" if why else ""
+        hint = f"; importing it needs {why}" if why else ""
         raise InteropError(
             f"{hf_dir / 'config.json'}: model_type={model_type!r} "
             f"(architectures {config.get('architectures')}) is not supported{hint}; "
@@ -331,84 +434,22 @@ def _check_hf_dir(hf_dir: Path) -> tuple[str, ImportSource]:
     return model_type, IMPORT_SOURCES[model_type]
 
 
-def _token_text(value: Any) -> str | None:
-    """A special token as tokenizer_config.json writes it: a string or {"content": ...}."""
-    if isinstance(value, dict):
-        value = value.get("content")
-    return value if isinstance(value, str) and value else None
-
-
-def load_hf_tokenizer(hf_dir: Path, hf_config: dict[str, Any]) -> Tokenizer:
-    """The folder's `tokenizer.json` as an lmforge tokenizer of kind `hf`."""
-    import tokenizers
-
-    path = hf_dir / "tokenizer.json"
-    if not path.is_file():
+def _check_special_ids(hf_dir: Path, model: nn.Module, tok: Tokenizer) -> None:
+    """A translation model's bos/eos/pad ids must be its tokenizer's (lmforge reads the
+    model's when it builds sources and decodes)."""
+    cfg = model.config
+    if cfg.family != "seq2seq":
+        return
+    ids = {"bos": (cfg.bos_id, tok.bos_id), "eos": (cfg.eos_id, tok.eos_id)}
+    ids["pad"] = (cfg.pad_id, tok.pad_id)
+    wrong = {k: v for k, v in ids.items() if v[0] != v[1]}
+    if wrong:
         raise InteropError(
-            f"{hf_dir} has no tokenizer.json; save the tokenizer in the fast format first "
-            "(`AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR)` writes it)"
+            f"{hf_dir}: config.json's special ids differ from tokenizer.json's ("
+            + ", ".join(f"{k}: model {m}, tokenizer {t}" for k, (m, t) in wrong.items())
+            + "); name the same tokens in tokenizer_config.json (bos_token, eos_token, "
+            "pad_token) as config.json's *_token_id"
         )
-    try:
-        hf_tok = tokenizers.Tokenizer.from_str(path.read_text(encoding="utf-8"))
-    except Exception as e:  # tokenizers raises a bare Exception on malformed files
-        raise InteropError(f"{path} is not a valid tokenizer.json ({e})") from None
-    tok_config = _read_json(hf_dir / "tokenizer_config.json")
-    sources = [tok_config, _read_json(hf_dir / "special_tokens_map.json")]
-    gen = _read_json(hf_dir / "generation_config.json")
-    roles: dict[str, str | None] = {}
-    for role in ("bos", "eos", "pad"):
-        texts = (_token_text(s.get(f"{role}_token")) for s in sources)
-        roles[role] = next((t for t in texts if t), None)
-        if roles[role] is None:
-            # Else the (first) id the model config names.
-            ids = _token_ids(hf_config.get(f"{role}_token_id", gen.get(f"{role}_token_id")))
-            if ids:
-                roles[role] = hf_tok.id_to_token(ids[0])
-    if not roles["eos"]:
-        raise InteropError(
-            f"{hf_dir}: no end-of-sequence token in tokenizer_config.json, "
-            "special_tokens_map.json or config.json (eos_token_id); lmforge needs one to end "
-            "documents and generations"
-        )
-    # Generation ends at any of the ids `transformers`' generate stops at: generation_config's
-    # eos_token_id (Llama 3 lists <|end_of_text|>, <|eom_id|> and <|eot_id|>), else config's.
-    stops = _token_ids(gen.get("eos_token_id", hf_config.get("eos_token_id")))
-    unknown = [i for i in stops if hf_tok.id_to_token(i) is None]
-    if unknown:
-        log.warning("%s: eos_token_id %s are not in tokenizer.json; ignoring them", hf_dir, unknown)
-    try:
-        return Tokenizer(
-            hf_tok,
-            HF_KIND,
-            special_roles=roles,
-            add_bos=_adds_bos(hf_tok, roles["bos"], tok_config),
-            eos_ids=[i for i in stops if i not in unknown],
-        )
-    except ValueError as e:
-        raise InteropError(f"{path}: {e}") from None
-
-
-def _token_ids(value: Any) -> list[int]:
-    """A config's `*_token_id`, which may be one id, a list of ids, or missing."""
-    values = value if isinstance(value, list) else [value]
-    return [v for v in values if type(v) is int and v >= 0]
-
-
-def _adds_bos(hf_tok: Any, bos: str | None, tok_config: dict[str, Any]) -> bool:
-    """Whether the model reads every sequence after BOS, as its own tokenizer encodes it.
-
-    The post-processor in tokenizer.json decides where there is one (Llama's and Mistral's
-    TemplateProcessing "<s> $A"), read by asking it to encode a text: `tokenizers` and
-    transformers 5 apply it as it is, whatever tokenizer_config.json says. Without one,
-    `add_bos_token` in tokenizer_config.json decides (transformers 4's Llama tokenizer builds
-    its template from that flag).
-    """
-    if bos is None:
-        return False
-    if hf_tok.post_processor is None:
-        return tok_config.get("add_bos_token") is True
-    ids = hf_tok.encode("a", add_special_tokens=True).ids
-    return bool(ids) and ids[0] == hf_tok.token_to_id(bos)
 
 
 def import_hf(
@@ -429,15 +470,18 @@ def import_hf(
 
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     model_type, source = _check_hf_dir(hf_dir)
-    hf_config = _read_json(hf_dir / "config.json")
-    tok = load_hf_tokenizer(hf_dir, hf_config)
+    hf_config = read_json(hf_dir / "config.json")
+    tok = load_hf_tokenizer(hf_dir, hf_config, family=source.family)
     hf_class = getattr(transformers, source.hf_class)
     # The class is named here, never taken from the folder: no auto_map, no remote code.
     hf_model, info = hf_class.from_pretrained(
         hf_dir, use_safetensors=True, local_files_only=True, output_loading_info=True
     )
-    # transformers fills tensors the files lack with random values and only logs it.
-    missing = sorted(info.get("missing_keys") or ())
+    # transformers fills tensors the files lack with random values and only logs it; Marian's
+    # sinusoidal position tables are computed, never stored.
+    missing = sorted(
+        k for k in info.get("missing_keys") or () if not k.endswith("embed_positions.weight")
+    )
     if missing:
         raise InteropError(
             f"{hf_dir}: the safetensors files lack {len(missing)} tensor(s) that "
@@ -461,12 +505,13 @@ def import_hf(
             f"{hf_dir}: tokenizer.json has {tok.vocab_size} tokens but the model only "
             f"{model.config.vocab_size} embeddings; the tokenizer belongs to another model"
         )
+    _check_special_ids(hf_dir, model, tok)
     config = to_dict(RunConfig(model=model.config))
     config["tokenizer"] = {"kind": tok.kind, "fingerprint": tok.fingerprint}
     tmp = _prepare_out(out_dir)
     try:
         tok.save(tmp / "tokenizer")
-        template = _chat_template(hf_dir)
+        template = chat_template(hf_dir)
         if template is not None:
             write_text_atomic(tmp / "tokenizer" / CHAT_TEMPLATE_FILE, template)
         write_json_atomic(tmp / "config.json", config)
@@ -481,17 +526,9 @@ def import_hf(
     return {
         "out": str(out_dir),
         "architecture": source.hf_class,
+        "family": source.family,
         "checkpoint": ckpt.name,
         "parameters": sum(p.numel() for p in model.parameters()),
         "vocab_size": tok.vocab_size,
         "max_seq_len": model.config.max_seq_len,
     }
-
-
-def _chat_template(hf_dir: Path) -> str | None:
-    """The folder's chat template: `chat_template.jinja` (v5) or tokenizer_config.json (v4)."""
-    path = hf_dir / CHAT_TEMPLATE_FILE
-    if path.is_file():
-        return path.read_text(encoding="utf-8")
-    template = _read_json(hf_dir / "tokenizer_config.json").get("chat_template")
-    return template if isinstance(template, str) else None

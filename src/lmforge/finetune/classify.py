@@ -1,13 +1,19 @@
-"""Text classification by fine-tuning a pretrained decoder: a linear head on pooled features.
+"""Text classification by fine-tuning a pretrained model: a linear head on pooled features.
 
-The body is a run's GPT (`--from runs/x`), or the same architecture freshly initialised
-(`init = "scratch"`, the baseline that shows what pretraining transfers). Each text is
-tokenized, an EOS appended as a summary position, right-padded (causal attention keeps real
-tokens blind to the padding after them), and pooled: the hidden state of the last real token
-(`pool = "last"`) or the mean over real tokens (`"mean"`). A linear head maps it to class
-logits. The whole body trains at `lr`, or only LoRA adapters (`lora`), or nothing
-(`freeze_body`, a linear probe); the head trains at `head_lr`. Class weights (`"balanced"`)
-counter an imbalanced training set.
+The body is a run's GPT or BERT-style encoder (`--from runs/x`, or a Hugging Face folder
+imported through `lmforge.finetune.base.resolve_base`), or the same architecture freshly
+initialised (`init = "scratch"`, the baseline that shows what pretraining transfers).
+
+- A decoder (GPT) reads each text with an EOS appended as a summary position, right-padded
+  (causal attention keeps real tokens blind to the padding after them), and pools the hidden
+  state of the last real token (`pool = "last"`, the default) or the mean over real tokens.
+- An encoder reads `[CLS] text [SEP]` with an attention mask over the padding and token
+  types 0, and pools the `[CLS]` hidden state (`pool = "cls"`, the default, as BERT does) or
+  the mean over real tokens.
+
+A linear head maps the pooled features to class logits. The whole body trains at `lr`, or
+only LoRA adapters (`lora`), or nothing (`freeze_body`, a linear probe); the head trains at
+`head_lr`. Class weights (`"balanced"`) counter an imbalanced training set.
 
 Accuracy, macro and per-class precision / recall / F1 and the confusion matrix come from
 scikit-learn. The output folder holds `model.safetensors` (body and head, adapters merged),
@@ -35,10 +41,10 @@ from torch import nn
 from lmforge.config import ConfigError
 from lmforge.data.document import DataError
 from lmforge.finetune import labeled
+from lmforge.finetune.base import resolve_base
 from lmforge.finetune.lora import LoRAConfig, apply_lora, merge_lora, save_adapters
 from lmforge.io import atomic_path, write_json_atomic, write_text_atomic
-from lmforge.model import require_family
-from lmforge.model.gpt import GPT, GPTConfig
+from lmforge.model import build_model, family_of, model_config_from_dict, require_family
 from lmforge.tokenizer.tokenizer import Tokenizer, load_tokenizer
 from lmforge.train import checkpoint as ckpt
 from lmforge.train.schedule import ScheduleConfig, lr_factor
@@ -59,7 +65,7 @@ class ClassifyConfig:
     val_fraction: float = 0.1  # when no val file is given
     test_fraction: float = 0.0  # when no test file is given
     max_train_examples: int = 0  # a random sample of this many (seed `seed`); 0: all
-    pool: Literal["last", "mean"] = "last"
+    pool: Literal["auto", "last", "mean", "cls"] = "auto"  # auto: last (GPT), cls (encoder)
     init: Literal["pretrained", "scratch"] = "pretrained"
     freeze_body: bool = False
     lora: LoRAConfig | None = None
@@ -90,29 +96,63 @@ class ClassifyConfig:
             raise ValueError("freeze_body and lora exclude each other: choose one")
 
 
-class SequenceClassifier(nn.Module):
-    """A GPT body, a pooling rule and a linear head: (B, T) ids -> (B, classes) logits."""
+# The pooling rules each kind of body can take; the first is its default.
+POOLS = {"gpt": ("last", "mean"), "bert": ("cls", "mean")}
 
-    def __init__(self, body: GPT, num_classes: int, pool: str) -> None:
+
+def resolve_pool(family: str, pool: str) -> str:
+    """`pool` for a body of `family` ("auto" -> its default), or a clear error."""
+    allowed = POOLS[family]
+    if pool == "auto":
+        return allowed[0]
+    if pool not in allowed:
+        kind = "an encoder" if family == "bert" else "a decoder"
+        raise ConfigError(
+            f"pool={pool!r} does not fit {kind} ({family}); use one of {', '.join(allowed)}"
+        )
+    return pool
+
+
+class SequenceClassifier(nn.Module):
+    """A GPT or encoder body, a pooling rule and a linear head: (B, T) ids -> (B, classes)."""
+
+    def __init__(self, body: nn.Module, num_classes: int, pool: str) -> None:
         super().__init__()
         self.body = body
-        self.pool = pool
+        self.encoder = family_of(body.config) == "bert"
+        self.pool = resolve_pool("bert" if self.encoder else "gpt", pool)
         self.head = nn.Linear(body.config.d_model, num_classes)
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        h = self.body.hidden_states(ids)  # (B, T, C)
+        mask = torch.arange(ids.size(1), device=ids.device)[None, :] < lengths[:, None]  # (B, T)
+        if self.encoder:  # bidirectional: padding must be masked out of attention
+            h = self.body.hidden_states(ids, mask.long(), torch.zeros_like(ids))  # (B, T, C)
+        else:
+            h = self.body.hidden_states(ids)  # (B, T, C)
         if self.pool == "last":
             pooled = h[torch.arange(h.size(0), device=h.device), lengths - 1]  # (B, C)
+        elif self.pool == "cls":
+            pooled = h[:, 0]  # (B, C)
         else:
-            mask = torch.arange(h.size(1), device=h.device)[None, :] < lengths[:, None]  # (B, T)
             pooled = (h * mask[..., None]).sum(1) / lengths[:, None]  # (B, C)
         return self.head(pooled)
 
 
-def encode_texts(tokenizer: Tokenizer, texts: list[str], max_len: int) -> list[list[int]]:
-    """Token ids per text, cut to `max_len - 1`, then EOS."""
+def encode_texts(
+    tokenizer: Tokenizer, texts: list[str], max_len: int, *, encoder: bool = False
+) -> list[list[int]]:
+    """Token ids per text: cut to `max_len - 1`, then EOS (decoder); or `[CLS]`, the text cut
+    to `max_len - 2`, `[SEP]` (encoder)."""
+    if encoder:
+        cls_id, sep_id = tokenizer.cls_id, tokenizer.sep_id
+        if cls_id is None or sep_id is None:
+            raise DataError(
+                f"the {tokenizer.kind} tokenizer has no [CLS]/[SEP] tokens, which an encoder "
+                "classifier reads; train the encoder with a wordpiece vocabulary"
+            )
+        return [[cls_id, *ids[: max_len - 2], sep_id] for ids in tokenizer.encode_batch(texts)]
     return [ids[: max_len - 1] + [tokenizer.eos_id] for ids in tokenizer.encode_prompt_batch(texts)]
 
 
@@ -227,11 +267,11 @@ def _splits(
     return labels, {"train": train, "val": val, "test": test}, audit
 
 
-def _build_body(from_run: Path, init: str) -> tuple[GPT, Tokenizer, dict[str, Any]]:
+def _build_body(from_run: Path, init: str) -> tuple[nn.Module, Tokenizer, dict[str, Any]]:
     ckpt_dir = ckpt.checkpoint_dir(from_run, "best")
     config = ckpt.read_config(ckpt_dir)
-    require_family(config["model"], {"gpt"}, "lmforge finetune classify")
-    body = GPT(GPTConfig(**config["model"]))
+    require_family(config["model"], set(POOLS), "lmforge finetune classify")
+    body = build_model(model_config_from_dict(config["model"]))
     if init == "pretrained":
         ckpt.load_model_weights(body, ckpt_dir / "model.safetensors")
     return body, load_tokenizer(from_run / "tokenizer"), config
@@ -259,11 +299,13 @@ def finetune_classifier(
         Path(val_file) if val_file else None,
         Path(test_file) if test_file else None,
     )
+    run = resolve_base(from_run, out)
     torch.manual_seed(cfg.seed)
-    body, tokenizer, run_config = _build_body(Path(from_run), cfg.init)
+    body, tokenizer, run_config = _build_body(run, cfg.init)
     max_len = min(cfg.max_len or body.config.max_seq_len, body.config.max_seq_len)
     device = resolve_device(cfg.device)
     model = SequenceClassifier(body, len(labels), cfg.pool)
+    encoder = model.encoder
     adapted = apply_lora(body, cfg.lora) if cfg.lora else []
     if cfg.freeze_body:
         body.requires_grad_(False)
@@ -272,7 +314,7 @@ def finetune_classifier(
     label_id = {label: i for i, label in enumerate(labels)}
     data = {
         name: (
-            encode_texts(tokenizer, [e.text for e in split], max_len),
+            encode_texts(tokenizer, [e.text for e in split], max_len, encoder=encoder),
             [label_id[e.label] for e in split],
         )
         for name, split in splits.items()
@@ -378,12 +420,12 @@ def finetune_classifier(
         merge_lora(body)
     with atomic_path(out / "model.safetensors") as tmp:
         save_file(ckpt.model_state(model), str(tmp))
-    shutil.copytree(Path(from_run) / "tokenizer", out / "tokenizer", dirs_exist_ok=True)
+    shutil.copytree(run / "tokenizer", out / "tokenizer", dirs_exist_ok=True)
     write_json_atomic(
         out / "classifier.json",
         {
             "labels": labels,
-            "pool": cfg.pool,
+            "pool": model.pool,
             "max_len": max_len,
             "model": run_config["model"],
             "tokenizer": run_config.get("tokenizer", {}),
@@ -444,7 +486,7 @@ class LoadedClassifier:
 
     def predict(self, texts: list[str]) -> list[tuple[str, float]]:
         """(label, probability) for each text."""
-        seqs = encode_texts(self.tokenizer, texts, self.max_len)
+        seqs = encode_texts(self.tokenizer, texts, self.max_len, encoder=self.model.encoder)
         probs = predict_ids(self.model, seqs, pad_id(self.tokenizer))
         best = probs.max(-1)
         return [(self.labels[i], float(p)) for p, i in zip(best.values, best.indices.tolist())]
@@ -457,7 +499,8 @@ def load_classifier(path: str | Path, device: str = "cpu") -> LoadedClassifier:
     if not meta_path.is_file():
         raise DataError(f"{path} holds no classifier (no classifier.json); fine-tune one first")
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    model = SequenceClassifier(GPT(GPTConfig(**meta["model"])), len(meta["labels"]), meta["pool"])
+    body = build_model(model_config_from_dict(meta["model"]))
+    model = SequenceClassifier(body, len(meta["labels"]), meta["pool"])
     ckpt.load_model_weights(model, path / "model.safetensors")
     model.to(device).eval()
     return LoadedClassifier(

@@ -165,7 +165,7 @@ def greedy_decode(
         seqs = src.new_full((N, L), c.pad_id)  # (N, L)
         seqs[:, 0] = c.bos_id
         done = torch.zeros(N, dtype=torch.bool, device=src.device)
-        cache = model.new_cache() if cfg.use_cache else None
+        cache = model.new_cache(L) if cfg.use_cache else None
         for t in range(1, L):
             inp = seqs[:, t - 1 : t] if cache is not None else seqs[:, :t]
             logits = model.decode(inp, memory, src_mask, cache)[:, -1].float()  # (N, V)
@@ -206,7 +206,7 @@ def beam_search(
         fin_scores = torch.full((N, K), _NEG, device=device)
         fin_flag = torch.zeros(N, K, dtype=torch.bool, device=device)
         in_top_k = torch.arange(2 * K, device=device) < K  # (2K,): may join the finished
-        cache = model.new_cache() if cfg.use_cache else None
+        cache = model.new_cache(L) if cfg.use_cache else None
 
         for t in range(1, L):
             n = ids.numel()

@@ -338,16 +338,43 @@ class Encoder(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits (B, T, vocab_size) for token ids (B, T).
+        """Logits (B, T, vocab_size) for token ids (B, T); with `labels`, the masked-LM loss
+        instead (`mlm_loss`), so that a wrapper around forward (DDP, torch.compile) sees the
+        whole training computation.
 
         `attention_mask` (B, T) is 1 for real tokens and 0 for padding (Hugging Face's
         convention); no token attends to padding, so padding never changes the logits of
         real tokens. `token_type_ids` (B, T) are segment ids, all 0 when not given.
         """
+        if labels is not None:
+            return self.mlm_loss(input_ids, labels, attention_mask, token_type_ids)
         h = self.hidden_states(input_ids, attention_mask, token_type_ids)  # (B, T, C)
+        return self.mlm_head(h)  # (B, T, V)
+
+    def mlm_head(self, h: torch.Tensor) -> torch.Tensor:
+        """Vocabulary logits (..., V) for hidden states (..., d_model)."""
         act = _ACTIVATIONS[self.config.activation]
-        return self.lm_head(self.mlm_norm(act(self.mlm_dense(h))))  # (B, T, V)
+        return self.lm_head(self.mlm_norm(act(self.mlm_dense(h))))
+
+    def mlm_loss(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Cross-entropy averaged over the positions whose label is not -100.
+
+        The same value as `F.cross_entropy(self(input_ids).view(-1, V), labels.view(-1),
+        ignore_index=-100)`, but the head runs only at the labelled positions: the output
+        projection is the largest matmul of a small encoder, and MLM labels 15% of tokens.
+        """
+        h = self.hidden_states(input_ids, attention_mask, token_type_ids)  # (B, T, C)
+        picked = labels != -100  # (B, T)
+        logits = self.mlm_head(h[picked])  # (M, V), M labelled positions
+        return F.cross_entropy(logits.float(), labels[picked])
 
     def hidden_states(
         self,

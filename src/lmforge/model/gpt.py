@@ -22,6 +22,8 @@ from lmforge.model.layers import (
     NORMS,
     Block,
     KVCache,
+    document_mask,
+    document_positions,
     dropout_or_identity,
     rope_tables,
     sinusoidal_positions,
@@ -192,13 +194,35 @@ class GPT(nn.Module):
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """Logits (B, T, vocab_size) for token ids (B, T); with `cache`, T new tokens after it."""
-        return self.lm_head(self.hidden_states(idx, cache))  # (B, T, V)
+    def forward(
+        self,
+        idx: torch.Tensor,
+        cache: KVCache | None = None,
+        *,
+        doc_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, T, vocab_size) for token ids (B, T); with `cache`, T new tokens after it.
 
-    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        `doc_ids` (B, T) marks packed rows: each contiguous run of one id is a document that
+        attends only to itself, with positions restarting at 0 (see `hidden_states`).
+        """
+        return self.lm_head(self.hidden_states(idx, cache, doc_ids=doc_ids))  # (B, T, V)
+
+    def hidden_states(
+        self,
+        idx: torch.Tensor,
+        cache: KVCache | None = None,
+        *,
+        doc_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The final normalised hidden states (B, T, d_model): what the LM head (or a
-        fine-tuning head) reads."""
+        fine-tuning head) reads.
+
+        With `doc_ids`, every document of a packed row gets the positions and the attention
+        it would have alone: a block-diagonal causal mask through
+        `F.scaled_dot_product_attention`, so no token sees another example (sequence
+        packing without cross-document leaks). Without it, the plain causal path runs.
+        """
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
         if start + T > self.config.max_seq_len:
@@ -206,17 +230,29 @@ class GPT(nn.Module):
                 f"sequence of {start + T} tokens is longer than model.max_seq_len="
                 f"{self.config.max_seq_len}"
             )
+        if doc_ids is not None and cache is not None:
+            raise ValueError("doc_ids (packed documents) cannot be used with a KV cache")
         x = self.tok_emb(idx)  # (B, T, C)
-        rope = None
-        if self.pos_emb is not None:
-            x = x + self.pos_emb.weight[start : start + T]
-        elif self.config.pos_emb == "sinusoidal":
-            x = x + self.pos_table[start : start + T]
+        rope, mask = None, None
+        if doc_ids is None:
+            if self.pos_emb is not None:
+                x = x + self.pos_emb.weight[start : start + T]
+            elif self.config.pos_emb == "sinusoidal":
+                x = x + self.pos_table[start : start + T]
+            else:
+                rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])
         else:
-            rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])
+            pos = document_positions(doc_ids)  # (B, T)
+            mask = document_mask(doc_ids)  # (B, 1, T, T)
+            if self.pos_emb is not None:
+                x = x + self.pos_emb(pos)
+            elif self.config.pos_emb == "sinusoidal":
+                x = x + self.pos_table[pos]
+            else:
+                rope = (self.rope_cos[pos][:, None], self.rope_sin[pos][:, None])  # (B,1,T,D/2)
         x = self.drop(x)
         for block in self.blocks:
-            x = block(x, cache, rope)
+            x = block(x, cache, rope, mask)
         if cache is not None:
             cache.pos += T
         return self.norm_f(x)

@@ -137,6 +137,29 @@ class KVCache:
         return k_all[:, :, :end], v_all[:, :, :end]
 
 
+def document_positions(doc_ids: torch.Tensor) -> torch.Tensor:
+    """Positions (B, T) that restart at 0 where `doc_ids` (B, T) changes value.
+
+    A packed row holds several documents end to end, each in one contiguous run of equal ids;
+    each document's tokens must see the positions they would have had alone.
+    """
+    B, T = doc_ids.shape
+    idx = torch.arange(T, device=doc_ids.device).expand(B, T)  # (B, T)
+    starts = torch.ones_like(doc_ids, dtype=torch.bool)
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    first = torch.where(starts, idx, torch.zeros_like(idx)).cummax(dim=1).values  # (B, T)
+    return idx - first
+
+
+def document_mask(doc_ids: torch.Tensor) -> torch.Tensor:
+    """Block-diagonal causal mask (B, 1, T, T), True where a query may attend to a key: keys
+    at or before it in the same document, so packed documents never see each other."""
+    T = doc_ids.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()  # (T, T)
+    same = doc_ids[:, :, None] == doc_ids[:, None, :]  # (B, T, T)
+    return (same & causal)[:, None]  # (B, 1, T, T)
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention through `F.scaled_dot_product_attention`.
 
@@ -194,8 +217,11 @@ class CausalSelfAttention(nn.Module):
         x: torch.Tensor,
         cache: KVCache | None = None,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x (B, T, C) -> (B, T, C); `rope` holds cos/sin (T, D/2) for these T positions."""
+        """x (B, T, C) -> (B, T, C); `rope` holds cos/sin (T, D/2) for these T positions, or
+        (B, 1, T, D/2) per row. `attn_mask` (B, 1, T, T), True = may attend, replaces the
+        causal mask (packed rows, see `document_mask`); it cannot be combined with a cache."""
         B, T, _ = x.shape
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
         if self._fused_qkv is not None and not self.training:
@@ -218,7 +244,11 @@ class CausalSelfAttention(nn.Module):
             k = k.repeat_interleave(groups, dim=1)  # (B, H, S, D)
             v = v.repeat_interleave(groups, dim=1)  # (B, H, S, D)
         mask, is_causal = None, T > 1
-        if past and T > 1:
+        if attn_mask is not None:
+            if cache is not None:
+                raise ValueError("attn_mask (packed documents) cannot be used with a KV cache")
+            mask, is_causal = attn_mask, False
+        elif past and T > 1:
             # Queries at positions past..past+T-1 see every cached key and the new keys up to
             # their own position: the causal mask shifted right by `past`.
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
@@ -310,6 +340,7 @@ class Block(nn.Module):
         x: torch.Tensor,
         cache: KVCache | None = None,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.norm_attn(x), cache, rope)
+        x = x + self.attn(self.norm_attn(x), cache, rope, attn_mask)
         return x + self.mlp(self.norm_mlp(x))

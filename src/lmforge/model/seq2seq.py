@@ -280,32 +280,69 @@ class DecoderBlock(nn.Module):
 class Seq2SeqCache:
     """What the decoder keeps between decoding steps.
 
-    `self_kv[i]` holds layer i's self-attention keys/values (N, H, pos, D) for the N
-    hypotheses, grown by one concatenation per step (not pre-allocated, because beam search
-    reorders and drops rows every step and a concatenation costs what a reorder would);
+    Self-attention keys/values of the N hypotheses sit in pre-allocated buffers laid out
+    sequence-major, (max_len, N, H, D) per layer, two of each: a step writes its position in
+    place, and beam search's `reorder` gathers the `pos` filled positions of the surviving rows
+    into the other buffer with one `index_select` (positions are the outer dimension, so the
+    filled part of both buffers is contiguous), then swaps. Attention reads the filled part
+    as a (N, H, pos, D) view. Growing per-step tensors with `torch.cat` and reordering them
+    copied the whole cache twice a step, which measured ~40% of beam-search time; this copies
+    it once.
+
     `cross_kv[i]` holds layer i's cross-attention keys/values (B, H, S, D) for the B sources,
     computed from the memory on the first step and never again. `update` is the interface
     `layers.CausalSelfAttention` writes through (the same as `layers.KVCache`'s).
     """
 
-    def __init__(self, n_layers: int) -> None:
+    def __init__(self, n_layers: int, max_len: int) -> None:
         self.pos = 0
-        self.self_kv: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layers
+        self.max_len = max_len
+        self.rows = 0  # N, the hypotheses the buffers hold now
+        # Per layer: flat storage (2 buffers, keys/values, max_len * N * H * D) and which
+        # buffer is current; sized on the first update, when N, H and D are known.
+        self._store: list[torch.Tensor | None] = [None] * n_layers
+        self._current = [0] * n_layers
+        self._head_shape: tuple[int, int] = (0, 0)  # (H, D)
         self.cross_kv: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layers
+
+    def _views(self, layer: int, buffer: int, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Buffer `buffer` of `layer` as (max_len, rows, H, D) keys and values."""
+        H, D = self._head_shape
+        size = self.max_len * rows * H * D
+        store = self._store[layer]
+        return (
+            store[buffer, 0, :size].view(self.max_len, rows, H, D),
+            store[buffer, 1, :size].view(self.max_len, rows, H, D),
+        )
 
     def update(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append this step's (N, H, T, D) keys/values and return all of them so far."""
-        past = self.self_kv[layer]
-        if past is not None:
-            k, v = torch.cat((past[0], k), dim=2), torch.cat((past[1], v), dim=2)
-        self.self_kv[layer] = (k, v)
-        return k, v
+        """Write this step's (N, H, T, D) keys/values and return all (N, H, pos + T, D)."""
+        N, H, T, D = k.shape
+        end = self.pos + T
+        if end > self.max_len:
+            raise ValueError(f"decoding past the cache's {self.max_len} positions")
+        if self._store[layer] is None:
+            self._head_shape, self.rows = (H, D), N
+            self._store[layer] = k.new_empty(2, 2, self.max_len * N * H * D)
+        keys, values = self._views(layer, self._current[layer], N)
+        keys[self.pos : end] = k.permute(2, 0, 1, 3)  # (T, N, H, D)
+        values[self.pos : end] = v.permute(2, 0, 1, 3)
+        return keys[:end].permute(1, 2, 0, 3), values[:end].permute(1, 2, 0, 3)
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Keep the hypotheses `rows` (new row r continues old row rows[r])."""
-        self.self_kv = [None if kv is None else (kv[0][rows], kv[1][rows]) for kv in self.self_kv]
+        for layer, store in enumerate(self._store):
+            if store is None:
+                continue
+            cur = self._current[layer]
+            old = self._views(layer, cur, self.rows)
+            new = self._views(layer, 1 - cur, rows.numel())
+            for src, dst in zip(old, new):
+                torch.index_select(src[: self.pos], 1, rows, out=dst[: self.pos])
+            self._current[layer] = 1 - cur
+        self.rows = rows.numel()
 
     def select_sources(self, sources: torch.Tensor) -> None:
         """Keep only the sources `sources` (their hypotheses are kept by `reorder`)."""
@@ -505,8 +542,9 @@ class Seq2Seq(nn.Module):
             logits.float(), tgt_out_ids[real], label_smoothing=self.config.label_smoothing
         )
 
-    def new_cache(self) -> Seq2SeqCache:
-        return Seq2SeqCache(self.config.n_decoder_layers)
+    def new_cache(self, max_len: int | None = None) -> Seq2SeqCache:
+        """A decoder cache for targets of up to `max_len` tokens (default: max_seq_len)."""
+        return Seq2SeqCache(self.config.n_decoder_layers, max_len or self.config.max_seq_len)
 
     def num_params(self, *, non_embedding: bool = True) -> int:
         """Parameter count, shared weights once.

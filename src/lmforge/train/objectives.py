@@ -235,11 +235,8 @@ class MaskedLMObjective:
 
     def loss(self, forward: Any, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, int]:
         inputs, labels = batch
-        logits = forward(inputs)
-        loss = F.cross_entropy(
-            logits.float().view(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100
-        )
-        return loss, inputs.numel()
+        # The model's own loss runs the MLM head only at the masked positions.
+        return forward(inputs, labels=labels), inputs.numel()
 
     @torch.no_grad()
     def evaluate(
