@@ -47,6 +47,11 @@ MARKED = (
     "{% else %}{{ '<|' + message['role'] + '|>\\n' + message['content'] + eos_token }}{% endif %}"
     "{% endfor %}"
 )
+# Asks differently when the caller gives tools or documents, as tool-calling templates do.
+TOOLS = (
+    "{% if tools is not none %}<|tools|>{{ tools | tojson }}\n{% endif %}"
+    "{% if documents is not none %}<|documents|>\n{% endif %}" + DEFAULT_TEMPLATE
+)
 
 MESSAGES = [
     {"role": "system", "content": "You answer briefly."},
@@ -63,7 +68,7 @@ def tok():
     return train_tokenizer([text * 3], TokenizerConfig(kind="char"), progress=False)
 
 
-@pytest.mark.parametrize("source", [DEFAULT_TEMPLATE, CHATML, ZEPHYR])
+@pytest.mark.parametrize("source", [DEFAULT_TEMPLATE, CHATML, ZEPHYR, TOOLS])
 @pytest.mark.parametrize("gen", [False, True])
 def test_render_equals_transformers_apply_chat_template(tok, source, gen):
     transformers = pytest.importorskip("transformers")
@@ -79,6 +84,14 @@ def test_render_equals_transformers_apply_chat_template(tok, source, gen):
     assert "Blue." in got
 
 
+def test_tools_and_documents_are_none_unless_given():
+    # transformers always passes both, so `tools is not none` is false when none are given.
+    t, eos = ChatTemplate(TOOLS), {"eos_token": "<e>"}
+    assert t.render(MESSAGES[:1], special_tokens=eos) == "<|system|>\nYou answer briefly.<e>"
+    got = t.render(MESSAGES[:1], special_tokens=eos, tools=[{"name": "f"}])
+    assert got == '<|tools|>[{"name": "f"}]\n<|system|>\nYou answer briefly.<e>'
+
+
 @pytest.mark.parametrize("source", [DEFAULT_TEMPLATE, MARKED])
 def test_assistant_mask_matches_a_hand_count(tok, source):
     ids, mask = encode_chat(tok, ChatTemplate(source), MESSAGES)
@@ -90,6 +103,73 @@ def test_assistant_mask_matches_a_hand_count(tok, source):
     # Everything else is prompt: one token per character, each of the 5 EOS one token.
     text = ChatTemplate(DEFAULT_TEMPLATE).render(MESSAGES, special_tokens=special_tokens(tok))
     assert len(ids) == len(text) - 5 * (len("<|eos|>") - 1)
+
+
+def test_marked_answer_also_in_the_prompt_masks_only_the_answer(tok):
+    # Generative QA: the answer is a span of the context, so its text (and here its EOS
+    # after it) occurs in the user turn first; only the assistant's copy is a target.
+    msgs = [
+        {"role": "user", "content": "Fruit: a ripe pear."},
+        {"role": "assistant", "content": "a ripe pear."},
+    ]
+    ids, mask = encode_chat(tok, ChatTemplate(MARKED), msgs)
+    prompt, _ = encode_chat(tok, ChatTemplate(MARKED), msgs[:1])
+    prefix = len(prompt) + len("<|assistant|>\n")
+    assert mask == [False] * prefix + [True] * (len("a ripe pear.") + 1)
+    assert tok.decode(ids[prefix:]) == "a ripe pear.<|eos|>"
+
+
+def test_marked_block_inside_a_macro_is_found(tok):
+    # Jinja buffers a macro's output, so counting what has been output so far (as
+    # transformers does) misplaces the block; its own place in the text does not move.
+    t = ChatTemplate(
+        "{% macro turn(m) %}{{ '<|' + m['role'] + '|>\\n' }}"
+        "{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] + eos_token }}"
+        "{% endgeneration %}{% else %}{{ m['content'] + eos_token }}{% endif %}{% endmacro %}"
+        "{% for m in messages %}{{ turn(m) }}{% endfor %}"
+    )
+    ids, mask = encode_chat(tok, t, MESSAGES)
+    assert tok.decode([i for i, m in zip(ids, mask) if m]) == "Blue.<|eos|>A ripe pear.<|eos|>"
+
+
+def test_marker_characters_in_a_message_are_refused(tok):
+    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a\ue002b"}]
+    with pytest.raises(ChatTemplateError, match="U\\+E002"):
+        encode_chat(tok, ChatTemplate(MARKED), msgs)
+
+
+def test_generation_block_output_twice_is_refused(tok):
+    t = ChatTemplate(
+        "{% for m in messages %}{% set turn %}{% generation %}{{ m['content'] }}"
+        "{% endgeneration %}{% endset %}{{ turn }}{{ turn }}{% endfor %}",
+        origin="twice.jinja",
+    )
+    with pytest.raises(ChatTemplateError, match="twice.jinja: .*other than once"):
+        encode_chat(tok, t, MESSAGES)
+
+
+@pytest.mark.parametrize(
+    "tag",
+    [
+        "{% generation %}",
+        "{%- generation %}",
+        "{% generation -%}",
+        "{%- generation -%}",
+        "{%generation%}",
+        "{%+ generation %}",
+        "{%  generation\n%}",
+    ],
+)
+def test_generation_markers_are_found_in_any_spelling(tok, tag):
+    t = ChatTemplate(MARKED.replace("{% generation %}", tag))
+    assert t.has_generation_markers
+    ids, mask = encode_chat(tok, t, MESSAGES)
+    assert tok.decode([i for i, m in zip(ids, mask) if m]) == "Blue.<|eos|>A ripe pear.<|eos|>"
+
+
+def test_generation_spelled_in_a_comment_or_string_is_no_marker():
+    assert not ChatTemplate("{# {% generation %} #}" + DEFAULT_TEMPLATE).has_generation_markers
+    assert not ChatTemplate("{{ '{% generation %}' }}" + DEFAULT_TEMPLATE).has_generation_markers
 
 
 def test_generation_prompt_ids_are_the_training_prefix(tok):

@@ -18,7 +18,8 @@ from conftest import serving
 from lmforge.cli import main
 from lmforge.eval.endpoint import EndpointLM, NoLogprobsError
 from lmforge.eval.lm import LocalLM
-from lmforge.eval.multiple_choice import MCItem, evaluate_multiple_choice, read_answer
+from lmforge.eval.multiple_choice import MCItem, TaskError, evaluate_multiple_choice, read_answer
+from lmforge.eval.report import record_eval
 from lmforge.eval.tasks import TaskConfig, run_task
 from lmforge.serve.app import ServeConfig, build_app
 
@@ -69,6 +70,7 @@ def test_a_server_without_logprobs_is_asked_for_lettered_answers(refuse):
     log: list[dict] = []
     r = evaluate_multiple_choice(stub(refuse=refuse, log=log), ITEMS, num_fewshot=1)
     assert r["method"] == "generate" and "lettered" in r["method_detail"]
+    assert r["method_reason"] == "fallback" and "log-probabilities" in r["fallback_cause"]
     assert [s["pred"] for s in r["samples"]] == [1, 0, 1, None]
     assert r["acc"] == 0.75 and r["unparsed"] == 1
     assert r["acc_norm"] is None and r["acc_bytes"] is None
@@ -95,6 +97,29 @@ def test_answers_are_read_as_letters_or_choice_text():
     assert read_answer(" new york city, of course", choices) == 1  # the longest that fits
     assert read_answer("The Boston", choices) == 2  # SQuAD normalization drops articles
     assert read_answer("D", choices) is None and read_answer("", choices) is None
+    assert read_answer("(C)", choices) == 2 and read_answer("A: New York", choices) == 0
+    assert read_answer("B) because", choices) == 1 and read_answer("C. Boston", choices) == 2
+
+    # A capital that starts a sentence is no letter: the choice's text is matched first, and
+    # a letter followed by a space alone names nothing.
+    choices = ["a cat sleeps", "A man walks to the store", "the dog"]
+    assert read_answer(" A man walks to the store", choices) == 1
+    assert read_answer(" A: the dog", choices) == 2  # "A:" as in Q:/A:, then the choice
+    assert read_answer(" A. cat sleeps", choices) == 0 and read_answer(" B man", choices) is None
+    nine = [f"option {i}" for i in range(9)]
+    assert read_answer("I think it is option 3", nine) is None
+    assert read_answer("I", nine) == 8 and read_answer("I. option 3", nine) == 8
+
+
+def test_more_choices_than_letters_are_refused_by_generation():
+    many = MCItem(context="Pick", choices=[f"c{i}" for i in range(27)], gold=0, source="t:9")
+    log: list[dict] = []
+    with pytest.raises(TaskError, match=r"t:9: 27 choices.*A to Z, so at most 26.*loglikelihood"):
+        evaluate_multiple_choice(stub(refuse=True, log=log), [ITEMS[0], many])
+    with pytest.raises(TaskError, match="t:9: 27 choices"):  # as a few-shot example too
+        evaluate_multiple_choice(stub(refuse=True, log=[]), ITEMS[:1], num_fewshot=1,
+                                 fewshot_items=[many], method="generate")  # fmt: skip
+    assert not [b for b in log if b.get("logprobs") is None]  # refused before asking
 
 
 @pytest.fixture(scope="module")
@@ -124,9 +149,11 @@ def test_generation_method_against_our_server_equals_in_process(base_url, tiny_r
     ))  # fmt: skip
     result, paths = run_task(tmp_path / "out", TaskConfig(task=str(task), mc_method="generate"),
                              endpoint=base_url, model="tiny")  # fmt: skip
-    assert result["method"] == "generate"
+    assert result["method"] == "generate" and result["method_reason"] == "requested"
     report = paths["markdown"].read_text()
     assert "- method: generation: choices lettered" in report and "acc_norm" not in report
+    assert "| t-generate | multiple_choice | 4 | acc (generate) |" in report
+    assert "- generation was requested (--mc-method generate)" in report
 
 
 def test_eval_command_falls_back_and_says_so(tmp_path, capsys, monkeypatch):
@@ -140,11 +167,22 @@ def test_eval_command_falls_back_and_says_so(tmp_path, capsys, monkeypatch):
         json.dumps({"context": i.context, "choices": i.choices, "gold": i.gold}) + "\n"
         for i in ITEMS
     ))  # fmt: skip
+    # An earlier log-likelihood score of the same task, which the fallback must not replace.
+    scored = {"kind": "multiple_choice", "n": 4, "method": "loglikelihood", "acc": 0.5}
+    record_eval(tmp_path / "out", "t", scored, model={"kind": "endpoint"})
     code = main(["eval", str(tmp_path / "out"), "--task", str(task), "--endpoint", "http://stub",
                  "--model", "m", "--no-progress"])  # fmt: skip
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert "acc 0.7500" in out and "acc_norm" not in out
+    assert out.startswith("t-generate (4 items, 0-shot): acc 0.7500") and "acc_norm" not in out
     assert "scored by generation: choices lettered" in out and "1 answers named no choice" in out
-    entry = json.loads((tmp_path / "out" / "eval.json").read_text())["results"]["t"]
+    results = json.loads((tmp_path / "out" / "eval.json").read_text())["results"]
+    assert results["t"]["method"] == "loglikelihood" and results["t"]["acc"] == 0.5
+    entry = results["t-generate"]
     assert entry["method"] == "generate" and entry["unparsed"] == 1
+    assert entry["method_reason"] == "fallback" and "log-probabilities" in entry["fallback_cause"]
+    report = (tmp_path / "out" / "eval.md").read_text()
+    assert "| t | multiple_choice | 4 | acc | 0.5000 |" in report
+    assert "| t-generate | multiple_choice | 4 | acc (generate) | 0.7500 |" in report
+    assert "- generation was the fallback of --mc-method auto: multiple-choice scoring" in report
+    assert (tmp_path / "out" / "eval-samples" / "t-generate.jsonl").is_file()

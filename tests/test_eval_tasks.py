@@ -423,6 +423,16 @@ def test_results_merge_into_eval_json_by_task(tmp_path):
     assert (tmp_path / "eval-samples" / "a.jsonl").read_text().count("\n") == 2
     md = (tmp_path / "eval.md").read_text()
     assert "| a | multiple_choice | 3 | acc | 1.0000 |" in md and "| b | generation" in md
+    # Lettered answers by generation go beside a log-likelihood score, never over it.
+    by_generation = {"kind": "multiple_choice", "n": 3, "acc": 0.0, "method": "generate",
+                     "method_reason": "requested", "samples": [{"x": 3}]}  # fmt: skip
+    written = record_eval(tmp_path, "a", by_generation, model=model)
+    data = read_eval(tmp_path)
+    assert sorted(data["results"]) == ["a", "a-generate", "b"] and data["results"]["a"]["acc"] == 1
+    assert written["samples"] == tmp_path / "eval-samples" / "a-generate.jsonl"
+    md = (tmp_path / "eval.md").read_text()
+    assert "| a-generate | multiple_choice | 3 | acc (generate) | 0.0000 |" in md
+    assert "| a | multiple_choice | 3 | acc | 1.0000 |" in md
     (tmp_path / "eval.json").write_text("{not json")
     with pytest.raises(ValueError, match="eval.json is not valid JSON"):
         record_eval(tmp_path, "c", {"kind": "generation", "n": 1}, model=model)

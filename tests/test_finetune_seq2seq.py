@@ -17,10 +17,12 @@ from lmforge.data.document import DataError
 from lmforge.finetune.seq2seq import (
     Example,
     Seq2SeqTuneConfig,
+    decode_examples,
     epoch_batches,
     finetune_seq2seq,
     lead_baseline,
     lead_sentences,
+    one_line,
     read_seq2seq_jsonl,
     score_outputs,
 )
@@ -89,6 +91,17 @@ def test_reader_on_real_samples_xsum_null_and_dialogsum_three_references():
     assert "\n" not in examples[0].source and examples[0].source.startswith("#Person1#:")
 
 
+def test_reader_names_the_line_that_is_not_utf8(tmp_path):
+    good = json.dumps({"source": "a b", "target": "b a"}).encode() + b"\n"
+    latin1 = '{"source": "caf\xe9", "target": "x"}\n'.encode("latin-1")
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(good + latin1 + good)
+    with pytest.raises(DataError, match=r"latin1\.jsonl:2: not valid UTF-8 .*--skip-bad"):
+        read_seq2seq_jsonl(path)
+    examples, counts = read_seq2seq_jsonl(path, skip_bad=True)
+    assert [e.line for e in examples] == [1, 3] and counts["skipped_bad"] == 1
+
+
 # ---------------------------------------------------------------- scores
 
 
@@ -117,6 +130,16 @@ def test_lead_sentences_and_baseline():
     assert lead_sentences("#Person1#: hi\n#Person2#: bye", 1) == "#Person1#: hi"
     result = lead_baseline([Example(source="A b c. D e.", references=["A b c."], line=1)], 1)
     assert result["bleu"] == pytest.approx(100.0) and result["rouge1"] == pytest.approx(100.0)
+
+
+def test_lead_baseline_of_a_multi_line_dialogue_takes_its_first_turns(tmp_path):
+    dialogue = "#Person1#: hi there\n#Person2#: hello you\n#Person1#: bye now"
+    first_two = "#Person1#: hi there #Person2#: hello you"
+    path = _write_jsonl(tmp_path / "d.jsonl", [{"source": dialogue, "target": first_two}])
+    [example], _ = read_seq2seq_jsonl(path)
+    assert example.source == one_line(dialogue)  # what the model reads
+    result = lead_baseline([example], 2)
+    assert result["rouge1"] == pytest.approx(100.0) and result["bleu"] == pytest.approx(100.0)
 
 
 def test_epoch_batches_cover_every_example_and_respect_the_token_budget():
@@ -207,6 +230,27 @@ def test_tiny_model_learns_to_reverse_and_its_run_loads(reverse_run, capsys):
 
 
 @pytest.mark.slow
+def test_test_decoding_cuts_sources_and_outputs_at_max_len(reverse_run):
+    root, result = reverse_run
+    # max_len 0: the model's 32 tokens, for the sources and (decode_max_len 0) the outputs.
+    assert (result["test"]["max_len"], result["test"]["decode_max_len"]) == (32, 32)
+    run = load_run(root / "run", families={"seq2seq"})
+    tok = run.tokenizer
+    ids = tok.encode(" ".join(WORDS))
+    head = tok.decode(ids[:7])  # what max_len 8 keeps of it: 7 tokens, then EOS
+    assert len(ids) == 10 and tok.encode(head) == ids[:7]
+    cfg = Seq2SeqTuneConfig(max_len=8, beam=1)
+    examples = [Example(" ".join(WORDS), ["-"], 1), Example(head, ["-"], 2)]
+    outputs, stats = decode_examples(run, examples, cfg)
+    assert outputs[0] == outputs[1] and stats["truncated"] == 1
+    # At most 8 tokens with BOS (and EOS, when reached) by default, or decode_max_len's 4.
+    assert stats["decode_max_len"] == 8 and len(tok.encode(outputs[0])) <= 7
+    cfg = Seq2SeqTuneConfig(max_len=8, decode_max_len=4, beam=1)
+    outputs, stats = decode_examples(run, examples, cfg)
+    assert stats["decode_max_len"] == 4 and len(tok.encode(outputs[0])) <= 3
+
+
+@pytest.mark.slow
 def test_fine_tuning_from_the_run_starts_where_it_left_off(reverse_run, tmp_path, capsys):
     root, scratch = reverse_run
     new = _reverse_task(tmp_path / "more.jsonl", 100, 5)
@@ -232,6 +276,39 @@ def test_cli_bad_line_is_one_line_with_file_and_line(tmp_path, capsys):
     ])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and "t.jsonl:2: no field 'source'" in err and "--skip-bad" in err
+
+
+def test_without_val_the_kept_loss_is_a_train_loss_and_copies_of_train_are_counted(
+    tmp_path, capsys
+):
+    train = _reverse_task(tmp_path / "train.jsonl", 40, 0)
+    rows = [json.loads(line) for line in train.read_text().splitlines()]
+    new = {"source": "fish fish bird", "target": "bird fish fish"}
+    test = _write_jsonl(tmp_path / "test.jsonl", [rows[0], rows[5], new])
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text("[model]\n" + "".join(f"{k} = {v}\n" for k, v in TINY.items()))
+    code = main([
+        "finetune", "seq2seq", "--init", "scratch", "--model", str(recipe), "--vocab-size",
+        "300", "--train", str(train), "--test", str(test), "--val-fraction", "0", "--epochs",
+        "1", "--batch-size", "8", "--beam", "1", "--max-len", "12", "--out", str(tmp_path / "o"),
+        "--no-progress",
+    ])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0 and "no validation set" in out and "val loss" not in out, out
+    result = json.loads((tmp_path / "o" / "eval.json").read_text())
+    assert "best_val_loss" not in result and result["kept_train_loss"] > 0
+    assert all("val_loss" not in h for h in result["history"])
+    assert result["sources_in_train"] == {"test": 2}
+    report = (tmp_path / "o" / "report.md").read_text()
+    assert "no validation set: kept the last step" in report and "val loss" not in report
+    assert "sources also in the training data (exact copies, counted, not removed): test 2" in (
+        report
+    )
+    # With a validation file: its copies of training sources are counted too.
+    val = _write_jsonl(tmp_path / "val.jsonl", [new, rows[3]])
+    cfg = Seq2SeqTuneConfig(init="scratch", model=TINY, vocab_size=300, epochs=1, max_len=12)
+    result = finetune_seq2seq(cfg, train, tmp_path / "v", val_file=val, progress=False)
+    assert result["sources_in_train"] == {"val": 1} and result["best_val_loss"] > 0
 
 
 @pytest.mark.slow

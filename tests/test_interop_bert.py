@@ -169,7 +169,7 @@ def test_bert_folder_imports_into_a_run_eval_scores(wordpiece, text, tmp_path, c
     starts = tok.word_start_mask()
     assert not starts[tok.token_to_id("##s")] and starts[tok.token_to_id("the")]
     hf = transformers.BertForMaskedLM.from_pretrained(hf_dir).eval()
-    x = torch.tensor([hf_tok(SAMPLE)["input_ids"], hf_tok(SAMPLE[::-1])["input_ids"][:20]][:1])
+    x = torch.tensor([hf_tok(SAMPLE)["input_ids"]])
     with torch.no_grad():
         assert max_diff(run.model(x), hf(x).logits) < 1e-5
 
@@ -215,6 +215,18 @@ def test_unmappable_encoders_are_refused_with_what_to_change(wordpiece, bpe, tmp
         import_hf(tmp_path / "roberta", tmp_path / "run")
 
 
+def test_bert_configs_lmforge_cannot_compute_are_refused_naming_the_field():
+    from lmforge.export.hf_bert import encoder_config_from_hf
+
+    small = dict(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2)
+    assert encoder_config_from_hf(transformers.BertConfig(**small)).activation == "gelu"
+    with pytest.raises(ValueError, match="hidden_act='gelu_new'"):
+        encoder_config_from_hf(transformers.BertConfig(**small, hidden_act="gelu_new"))
+    relative = transformers.BertConfig(**small, position_embedding_type="relative_key")
+    with pytest.raises(ValueError, match="position_embedding_type='relative_key'"):
+        encoder_config_from_hf(relative)
+
+
 # ---------------------------------------------------------------- Marian
 
 
@@ -256,16 +268,69 @@ def test_unmappable_seq2seq_is_refused_with_what_to_change(bpe, tmp_path):
     run, _ = seq2seq_run(tmp_path / "learned", bpe, pos_emb="learned")
     with pytest.raises(InteropError, match="pos_emb='sinusoidal'"):
         export_hf(run, tmp_path / "hf")
-    # Helsinki-NLP's Marian models start decoding at the pad id, which lmforge cannot.
+    # Helsinki-NLP's Marian models start decoding at the pad id, which lmforge cannot, and
+    # have SentencePiece files instead of tokenizer.json: the first is the reason given.
     run, _ = seq2seq_run(tmp_path / "ok", bpe)
     export_hf(run, tmp_path / "hf")
-    config = json.loads((tmp_path / "hf" / "config.json").read_text())
-    config["decoder_start_token_id"] = config["pad_token_id"]
-    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(InteropError, match="decoder_start_token_id=2 is the pad id"):
-        import_hf(tmp_path / "hf", tmp_path / "back")
+    config_file = tmp_path / "hf" / "config.json"
+    config = json.loads(config_file.read_text())
+    start = config["decoder_start_token_id"]
+    config_file.write_text(json.dumps({**config, "decoder_start_token_id": config["pad_token_id"]}))
     (tmp_path / "hf" / "tokenizer.json").unlink()
     (tmp_path / "hf" / "source.spm").write_bytes(b"")
-    with pytest.raises(InteropError, match=r"no tokenizer.json \(it has SentencePiece"):
+    with pytest.raises(InteropError, match="decoder_start_token_id=2 is the pad id"):
+        import_hf(tmp_path / "hf", tmp_path / "back")
+    # Without tokenizer.json, the model's own tokenizer is to be converted, never replaced.
+    config_file.write_text(json.dumps({**config, "decoder_start_token_id": start}))
+    with pytest.raises(InteropError, match=r"no tokenizer.json \(it has SentencePiece") as e:
+        import_hf(tmp_path / "hf", tmp_path / "back")
+    assert "model's own tokenizer" in str(e.value) and "tokenizer train" not in str(e.value)
+    (tmp_path / "hf" / "source.spm").unlink()
+    with pytest.raises(InteropError, match=r"model's own tokenizer.*use_fast=True"):
         import_hf(tmp_path / "hf", tmp_path / "back")
     assert not (tmp_path / "back").exists()
+
+
+def marian_folder(root: Path, tok: Tokenizer, **kw) -> Path:
+    """A random MarianMTModel built from a MarianConfig (`kw` added), with `tok` as its
+    tokenizer files."""
+    from lmforge.export.hf_tokenizer import source_tokenizer_json, tokenizer_files
+
+    config = transformers.MarianConfig(
+        vocab_size=tok.vocab_size, d_model=32, encoder_layers=1, decoder_layers=1,
+        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+        decoder_ffn_dim=64, max_position_embeddings=64, pad_token_id=tok.pad_id,
+        bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, decoder_start_token_id=tok.bos_id,
+        forced_eos_token_id=None, **kw,
+    )  # fmt: skip
+    torch.manual_seed(2)
+    transformers.MarianMTModel(config).save_pretrained(root)
+    (root / "tokenizer.json").write_text(source_tokenizer_json(tok), encoding="utf-8")
+    for name, content in tokenizer_files(tok, max_seq_len=64, family="seq2seq").items():
+        (root / name).write_text(json.dumps(content), encoding="utf-8")
+    return root
+
+
+def test_marian_with_a_separate_target_vocabulary_is_refused(bpe, tmp_path):
+    # Targets would be decoded with the one tokenizer.json, the source's.
+    untied = dict(share_encoder_decoder_embeddings=False, tie_word_embeddings=False)
+    two = marian_folder(tmp_path / "two", bpe, decoder_vocab_size=bpe.vocab_size + 40, **untied)
+    with pytest.raises(
+        InteropError,
+        match=f"decoder_vocab_size={bpe.vocab_size + 40} differs from vocab_size={bpe.vocab_size}",
+    ):
+        import_hf(two, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+    # Untied matrices over one vocabulary are one vocabulary (tgt_vocab_size 0)...
+    import_hf(marian_folder(tmp_path / "one", bpe, **untied), tmp_path / "run")
+    cfg = load_run(tmp_path / "run").model.config
+    assert (cfg.vocab_size, cfg.tgt_vocab_size, cfg.share_embeddings) == (bpe.vocab_size, 0, False)
+    # ...so a run with share_embeddings=False comes back with the same config and weights.
+    run, model = seq2seq_run(tmp_path / "untied", bpe, share_embeddings=False)
+    export_hf(run, tmp_path / "hf")
+    import_hf(tmp_path / "hf", tmp_path / "back")
+    back = load_run(tmp_path / "back").model
+    assert back.config == model.config
+    for key, value in model.state_dict().items():
+        assert torch.equal(back.state_dict()[key], value), key

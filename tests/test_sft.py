@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from lmforge.data.document import DataError
 from lmforge.finetune.instructions import read_conversations
 from lmforge.finetune.sft import (
     IGNORE,
+    Example,
     SFTConfig,
     answer,
     encode_examples,
@@ -21,6 +23,8 @@ from lmforge.finetune.sft import (
     make_batch,
     pack,
     prompt_ids,
+    restore_trainable,
+    trainable_state,
 )
 from lmforge.model.gpt import GPT, GPTConfig
 from lmforge.tokenizer.chat import DEFAULT_TEMPLATE, ChatTemplate, template_for_run
@@ -62,6 +66,25 @@ def test_bad_message_role_names_file_line_and_index(tmp_path):
         read_conversations(path)
 
 
+@pytest.mark.parametrize(
+    "record, fmt",
+    [
+        ({"instruction": "Name a colour.", "output": "Blue."}, "alpaca"),
+        ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
+         "messages"),
+    ],
+)  # fmt: skip
+def test_jsonl_of_one_record_is_read_as_jsonl(tmp_path, record, fmt):
+    # The whole file parses as one JSON object, yet it is not SQuAD's.
+    path = tmp_path / "one.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    convs, summary = read_conversations(path)
+    assert summary == {"format": fmt, "records": 1, "skipped": 0}
+    assert convs[0].where.endswith("one.jsonl:1")
+    with pytest.raises(DataError, match="one.jsonl: not SQuAD JSON"):
+        read_conversations(path, "squad")
+
+
 # ------------------------------------------------------------ packed attention
 
 
@@ -92,6 +115,36 @@ def test_packed_row_logits_equal_each_example_alone(fields):
     torch.testing.assert_close(plain[:7], alone[:7], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("fields", [dict(pos_emb="rope", n_kv_heads=1), dict(pos_emb="learned")])
+def test_padded_packed_batch_logits_equal_each_example_alone(fields):
+    torch.manual_seed(0)
+    model = GPT(
+        GPTConfig(vocab_size=50, n_layers=2, n_heads=2, d_model=32, max_seq_len=24, **fields)
+    )
+    model.eval()
+    lengths = [8, 6, 12, 4, 5, 3, 7]
+    examples = [
+        Example(torch.randint(1, 50, (n,)).tolist(), [True] * n, f"x:{i}")
+        for i, n in enumerate(lengths)
+    ]
+    # Rows laid out differently: two examples then padding, two that fill the longest row,
+    # three short ones then padding.
+    rows = [[0, 1], [2, 6], [3, 4, 5]]
+    ids, _, doc_ids = make_batch(examples, rows, pad_id=0, packed=True)
+    assert ids.shape == (3, 17) and int((doc_ids == -1).sum()) == 17 - 12 + 17 - 9
+    with torch.no_grad():
+        packed = model(ids, doc_ids=doc_ids)
+        for b, row in enumerate(rows):
+            at = 0
+            for i in row:
+                x = torch.tensor(examples[i].ids[:-1])[None]
+                alone = model(x)[0]
+                torch.testing.assert_close(
+                    packed[b, at : at + len(alone)], alone, atol=1e-5, rtol=0
+                )
+                at += len(alone)
+
+
 def test_pack_fills_rows_within_capacity_and_uses_each_example_once():
     lengths = [5, 9, 3, 7, 2, 10, 4]
     rows = pack(lengths, 10)
@@ -99,6 +152,30 @@ def test_pack_fills_rows_within_capacity_and_uses_each_example_once():
     assert all(sum(lengths[i] for i in r) <= 10 for r in rows)
     # First fit, by hand: 5+3+2 fill a row; 9, 7, 10 and 4 cannot share (9+..., 7+4 > 10).
     assert rows == [[0, 2, 4], [1], [3], [5], [6]]
+    assert pack([], 10) == [] and pack([10], 10) == [[0]]
+    with pytest.raises(ValueError, match="example 1 has 11 tokens"):
+        pack([3, 11], 10)
+
+
+def _first_fit_by_scanning(lengths: list[int], capacity: int) -> list[list[int]]:
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i, n in enumerate(lengths):
+        r = next((r for r, free in enumerate(room) if n <= free), len(rows))
+        if r == len(rows):
+            rows.append([])
+            room.append(capacity)
+        rows[r].append(i)
+        room[r] -= n
+    return rows
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_pack_is_first_fit(seed):
+    rng = random.Random(seed)
+    capacity = rng.choice([8, 64, 100])
+    lengths = [rng.randint(1, capacity) for _ in range(rng.randint(1, 300))]
+    assert pack(lengths, capacity) == _first_fit_by_scanning(lengths, capacity)
 
 
 # ------------------------------------------------------------------ tiny runs
@@ -145,7 +222,8 @@ def test_loss_mask_counts_and_truncation_counts(base_run, tmp_path):
     # A char vocabulary: an answer is one token per character, plus the EOS that ends it.
     assert [sum(e.mask) for e in examples] == [len(r["output"]) + 1 for r in records]
     assert counts == {"examples": 30, "truncated": 0, "skipped_too_long": 0, "skipped_no_target": 0}
-    # Targets are the next tokens: the batch holds every assistant token but a first one.
+    # Targets are the next tokens: each assistant token (EOS included) is the target of the
+    # token before it, the prompt's last for the first, so the batch holds all of them.
     _, tgt, doc_ids = make_batch(examples, pack([len(e.ids) - 1 for e in examples], 400), 0, True)
     assert int((tgt != IGNORE).sum()) == sum(len(r["output"]) + 1 for r in records)
     assert doc_ids is not None and int(doc_ids.max()) >= 1  # rows hold several examples
@@ -161,6 +239,86 @@ def test_loss_mask_counts_and_truncation_counts(base_run, tmp_path):
     left, left_counts = encode_examples(tok, template, convs, max_len=120, side="left")
     assert left_counts["skipped_no_target"] == 0
     assert [sum(e.mask) for e in left] == [len(r["output"]) + 1 for r in records]
+
+
+def test_template_refusing_a_record_names_its_file_and_line(base_run, tmp_path):
+    from lmforge.tokenizer.tokenizer import load_tokenizer
+
+    path = tmp_path / "chat.jsonl"
+    ok = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    odd = {"messages": [{"role": "assistant", "content": "yo"}]}
+    path.write_text(json.dumps(ok) + "\n" + json.dumps(odd) + "\n")
+    convs, _ = read_conversations(path)
+    template = ChatTemplate(
+        "{% if messages[0]['role'] != 'user' %}{{ raise_exception('user speaks first') }}"
+        "{% endif %}" + DEFAULT_TEMPLATE,
+        origin="t.jinja",
+    )
+    tok = load_tokenizer(base_run / "tokenizer")
+    with pytest.raises(DataError, match=r"chat.jsonl:2: t.jinja: .*user speaks first"):
+        encode_examples(tok, template, convs, max_len=96)
+
+
+def test_padding_and_target_shares_are_of_all_positions(base_run, tmp_path):
+    from lmforge.tokenizer.tokenizer import load_tokenizer
+
+    path, _ = _short_alpaca(tmp_path, 8)
+    tok = load_tokenizer(base_run / "tokenizer")
+    convs, _ = read_conversations(path)
+    examples, _ = encode_examples(tok, ChatTemplate(DEFAULT_TEMPLATE), convs, max_len=96)
+    cfg = SFTConfig(epochs=1, batch_size=8, packing=False, val_fraction=0, samples=0, device="cpu")
+    result = finetune_sft(cfg, base_run, path, tmp_path / "sft", progress=False)
+    # One step of every example, one per row, padded to the longest.
+    assert result["steps"] == 1
+    lengths = [len(e.ids) - 1 for e in examples]
+    positions = len(examples) * max(lengths)
+    assert result["padding_share"] == round(1 - sum(lengths) / positions, 3)
+    targets = sum(sum(e.mask[1:]) for e in examples)
+    assert result["target_share"] == round(targets / positions, 3)
+    assert result["padding_share"] + result["target_share"] < 1  # the prompts are neither
+
+
+def test_non_finite_loss_stops_before_the_weights_change(base_run, tmp_path, monkeypatch):
+    from lmforge.finetune import sft
+
+    seen = {}
+    load_base, batch_loss = sft._load_base, sft.batch_loss
+
+    def keep_model(*args, **kwargs):
+        model, tok, config = load_base(*args, **kwargs)
+        seen["model"], seen["before"] = model, trainable_state(model)
+        return model, tok, config
+
+    def nan_loss(*args):
+        loss, n = batch_loss(*args)
+        return loss * float("nan"), n
+
+    monkeypatch.setattr(sft, "_load_base", keep_model)
+    monkeypatch.setattr(sft, "batch_loss", nan_loss)
+    path, _ = _short_alpaca(tmp_path, 4)
+    cfg = SFTConfig(epochs=1, batch_size=2, val_fraction=0, samples=0, device="cpu")
+    with pytest.raises(FloatingPointError, match="loss became nan at step 1"):
+        finetune_sft(cfg, base_run, path, tmp_path / "sft", progress=False)
+    after = trainable_state(seen["model"])
+    assert all(torch.equal(after[name], value) for name, value in seen["before"].items())
+
+
+def test_best_state_copies_and_restores_only_what_trains():
+    from lmforge.finetune.lora import LoRAConfig, apply_lora
+
+    model = GPT(GPTConfig(vocab_size=50, n_layers=2, n_heads=2, d_model=32, max_seq_len=16))
+    apply_lora(model, LoRAConfig(targets=["q_proj"], rank=2))
+    state = trainable_state(model)
+    # The adapters of both layers, not the frozen base weights they adapt.
+    assert sorted(state) == [f"blocks.{i}.attn.q_proj.lora_{ab}" for i in (0, 1) for ab in "ab"]
+    frozen = model.blocks[0].attn.q_proj.base.weight.detach().clone()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(1.0)
+    restore_trainable(model, state)
+    assert all(torch.equal(p, state[n]) for n, p in model.named_parameters() if p.requires_grad)
+    assert torch.equal(model.blocks[0].attn.q_proj.base.weight, frozen)
 
 
 @pytest.mark.slow

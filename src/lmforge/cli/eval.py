@@ -74,7 +74,9 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     t.add_argument(
         "--name",
         default="",
-        help="the key of the result in eval.json; empty: the task file's name, plus -Kshot",
+        help="the key of the result in eval.json; empty: the task file's name, plus -Kshot. "
+        "Multiple choice answered by generation is stored under KEY-generate, so it never "
+        "replaces a log-likelihood score of the same task",
     )
     g = p.add_argument_group("generation tasks")
     g.add_argument(
@@ -143,7 +145,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
         help="API key sent to the server; if not given, $OPENAI_API_KEY, else none",
     )
     p.epilog = (
-        "Results are merged into eval.json (keyed by task) and eval.md beside the checkpoint "
+        "Results are merged into eval.json (keyed by task, with -generate for multiple choice "
+        "answered by generation) and eval.md beside the checkpoint "
         "(runs/x/checkpoints/step-N/), or in RUN with --endpoint; per-item rows go to "
         "eval-samples/."
     )
@@ -173,6 +176,7 @@ def _print_task_result(key: str, r: dict[str, Any]) -> None:
 
 def _eval_task(a: argparse.Namespace) -> int:
     from lmforge.eval.generation import GenerationTaskConfig
+    from lmforge.eval.report import result_key
     from lmforge.eval.tasks import TaskConfig, run_task
 
     template = a.template
@@ -214,7 +218,7 @@ def _eval_task(a: argparse.Namespace) -> int:
     if a.json:
         _print_json(result)
         return 0
-    _print_task_result(cfg.name, result)
+    _print_task_result(result_key(cfg.name, result), result)
     print(f"wrote {paths['json']} and {paths['markdown'].name}")
     return 0
 

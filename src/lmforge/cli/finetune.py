@@ -509,8 +509,9 @@ def _finetune_seq2seq_args(p: argparse.ArgumentParser) -> None:
         "--max-len",
         type=int,
         default=0,
-        help="tokens per source or target with BOS/EOS; longer ones are cut and counted (0 = "
-        "the model's max_seq_len; more is allowed for sinusoidal positions)",
+        help="tokens per source or target with BOS/EOS, in training and when decoding --test; "
+        "longer ones are cut and counted (0 = the model's max_seq_len; more is allowed for "
+        "sinusoidal positions)",
     )
     p.add_argument("--epochs", type=float, default=10.0, help="passes over the training data")
     p.add_argument("--batch-size", type=int, default=32, help="examples per step")
@@ -552,7 +553,8 @@ def _finetune_seq2seq_args(p: argparse.ArgumentParser) -> None:
         "--decode-max-len",
         type=int,
         default=0,
-        help="longest output in tokens with BOS/EOS (0 = --max-len)",
+        help="longest test output in tokens with BOS/EOS (0 = --max-len, whose own 0 is the "
+        "model's max_seq_len)",
     )
     d.add_argument("--decode-batch-size", type=int, default=32, help="sources decoded together")
     d.add_argument(
@@ -623,10 +625,15 @@ def cmd_finetune_seq2seq(a: argparse.Namespace) -> int:
         cfg, a.train, a.out, from_run=a.from_run, model_recipe=a.model, val_file=a.val,
         test_file=a.test, progress=not a.no_progress,
     )  # fmt: skip
+    # Without a validation set the kept (last) step has only a training loss: say which.
+    kept = (
+        f"best val loss {result['best_val_loss']:.4f}"
+        if "best_val_loss" in result
+        else f"no validation set: kept the last step, train loss {result['kept_train_loss']:.4f},"
+    )
     print(
         f"{result['steps']} steps ({result['epochs_done']:.1f} epochs, "
-        f"{result['train_seconds']:.0f} s); best val loss {result['best_val_loss']:.4f} "
-        f"at step {result['best_step']}"
+        f"{result['train_seconds']:.0f} s); {kept} at step {result['best_step']}"
     )
     rows = [("test", result.get("test"))]
     if "lead_baseline" in result:

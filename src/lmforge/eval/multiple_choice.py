@@ -19,11 +19,14 @@ A server that returns no log-probabilities of a prompt (`lmforge.eval.endpoint.N
 cannot score choices, so with method "auto" (the default) the task is asked through generation
 instead, and the result's `method` says so: the context is followed by the choices lettered
 A., B., ... and "Answer:", the model writes greedily (up to 16 tokens, ending at a newline), and
-its answer is read back as a letter ("B", "(B)", "B.") or else as the text of a choice (SQuAD
-normalization, the longest choice that the answer starts with). An answer that is neither is
-wrong, and counted (`unparsed`). Only `acc` exists then; few-shot examples are shown in the same
-lettered form with their answer. Method "generate" asks this way on purpose (any model), and
-"loglikelihood" never falls back.
+its answer is read back as a letter or as the text of a choice (SQuAD normalization, the longest
+choice that the answer starts with). A letter alone ("B", "(B)", "B.") is read as one; an answer
+that only starts with one ("B. ...", "(B) ...", "B) ...", "B: ...") is first matched against the
+choices' text, since "A man walks..." or "A: the dog" may be a choice's text after all. An answer
+that names no choice is wrong, and counted (`unparsed`). Only `acc` exists then; few-shot
+examples are shown in the same lettered form with their answer, and at most 26 choices can be
+lettered. Method "generate" asks this way on purpose (any model), and "loglikelihood" never
+falls back; the result's `method_reason` says which of the two ("requested" or "fallback").
 
 With `num_fewshot` K, each item's context is preceded by K solved examples
 (``context + " " + gold choice``, joined by blank lines, as the harness formats them), drawn
@@ -59,7 +62,10 @@ GENERATE_METHOD = (
     "most, up to a newline) read back as a letter or as a choice's text"
 )
 _ANSWER = GenerationConfig(max_new_tokens=16, temperature=0.0, stop=("\n",))
-_LETTER = re.compile(r"^\(?([A-Z])(?:[).:,\s]|$)")
+# A letter that is the whole answer, maybe in parentheses or followed by punctuation.
+_LETTER_ALONE = re.compile(r"\(?([A-Z])\)?[^\w\s]*")
+# A letter that starts a longer answer: "(B) ...", "B. ...", "B) ...", "B: ...".
+_LETTER_FIRST = re.compile(r"(?:\(([A-Z])\)|([A-Z])[.):])\s")
 TARGET_DELIMITER = " "  # between context and choice, as the harness's default
 FEWSHOT_DELIMITER = "\n\n"  # between solved examples
 
@@ -239,23 +245,41 @@ def fewshot_prefix(
 
 def lettered_prompt(item: MCItem) -> str:
     """The context, the choices as "A. ...", one a line, and "Answer:" (generation method)."""
+    if len(item.choices) > len(LETTERS):
+        raise TaskError(
+            f"{item.source}: {len(item.choices)} choices, but the generation method letters "
+            f"them A to Z, so at most {len(LETTERS)}; score this task with method "
+            "'loglikelihood' (--mc-method loglikelihood, on a checkpoint or a server that "
+            "returns log-probabilities), or split the item's choices"
+        )
     lines = [f"{LETTERS[j]}. {choice}" for j, choice in enumerate(item.choices)]
     return "\n".join([item.context, *lines, "Answer:"])
 
 
+def _lettered(match: re.Match[str] | None, n_choices: int) -> int | None:
+    """The index of the letter `match` found, if it is one of the `n_choices` shown."""
+    if match is None:
+        return None
+    index = LETTERS.index(next(g for g in match.groups() if g))
+    return index if index < n_choices else None
+
+
 def read_answer(text: str, choices: Sequence[str]) -> int | None:
-    """The choice a generated answer names: by letter, else by its text; None if neither."""
+    """The choice a generated answer names: a letter alone, else a choice's text, else a
+    letter the answer starts with ("B. ..."); None if none of these."""
     answer = text.strip()
-    m = _LETTER.match(answer)
-    if m and LETTERS.index(m.group(1)) < len(choices):
-        return LETTERS.index(m.group(1))
+    alone = _lettered(_LETTER_ALONE.fullmatch(answer), len(choices))
+    if alone is not None:
+        return alone
     said = normalize_answer(answer)
     named = [
         (len(c), j)
         for j, c in enumerate(map(normalize_answer, choices))
         if c and (said == c or said.startswith(c + " "))
     ]
-    return max(named)[1] if named else None
+    if named:
+        return max(named)[1]
+    return _lettered(_LETTER_FIRST.match(answer), len(choices))
 
 
 def _evaluate_by_generation(
@@ -266,7 +290,10 @@ def _evaluate_by_generation(
     num_fewshot: int,
     seed: int,
     progress: bool,
+    fallback_cause: str | None = None,
 ) -> dict[str, Any]:
+    """Ask for lettered answers; `fallback_cause` is why log-likelihood scoring was not used,
+    None when generation was requested."""
     prompts = []
     for i, item in enumerate(items):
         shots = []
@@ -297,11 +324,12 @@ def _evaluate_by_generation(
             }
         )
     mean, stderr = mean_stderr(acc)
-    return {
+    result: dict[str, Any] = {
         "kind": "multiple_choice",
         "n": len(items),
         "method": "generate",
         "method_detail": GENERATE_METHOD,
+        "method_reason": "requested" if fallback_cause is None else "fallback",
         "acc": mean,
         "acc_stderr": stderr,
         "acc_norm": None,
@@ -313,6 +341,9 @@ def _evaluate_by_generation(
         "chance": float(np.mean([1 / len(item.choices) for item in items])),
         "samples": samples,
     }
+    if fallback_cause is not None:
+        result["fallback_cause"] = fallback_cause
+    return result
 
 
 def evaluate_multiple_choice(
@@ -355,7 +386,7 @@ def evaluate_multiple_choice(
         if method != "auto":
             raise
         log.warning("%s; asking for lettered answers instead (method: generate)", e)
-        return _evaluate_by_generation(lm, items, pool, **by_generation)
+        return _evaluate_by_generation(lm, items, pool, **by_generation, fallback_cause=str(e))
 
     acc, acc_norm, acc_bytes, samples = [], [], [], []
     truncated = 0

@@ -5,8 +5,12 @@ Every evaluation of a checkpoint is recorded in that checkpoint's folder
 point elsewhere tomorrow; an evaluation of an endpoint is recorded in the folder named on the
 command line. Results are merged into `eval.json`, keyed by task (`split:test`,
 `hellaswag`, `hellaswag-5shot`, ...), so evaluating another task adds to the file and
-evaluating the same task again replaces its entry. `eval.md` is regenerated from the whole
-`eval.json` each time, and each task's per-item rows go to `eval-samples/KEY.jsonl`.
+evaluating the same task again replaces its entry. Multiple choice answered by generation
+(lettered choices, `lmforge.eval.multiple_choice`) is keyed `KEY-generate` and its metrics are
+labelled so in the table (`acc (generate)`): its accuracy is not comparable with one from
+log-likelihood scoring, and a fallback against a server without logprobs must not replace a
+log-likelihood score of the same task. `eval.md` is regenerated from the whole `eval.json`
+each time, and each task's per-item rows go to `eval-samples/KEY.jsonl`.
 
 Each write goes to a temporary name and is renamed into place, under an advisory lock
 (`fcntl`, where the platform has it) so two evaluations finishing at once do not drop each
@@ -44,6 +48,7 @@ _TABLE_METRICS = {
 
 
 SPLIT_NAMES = {"train", "val", "valid", "validation", "dev", "test", "small-test"}
+GENERATE_SUFFIX = "-generate"  # the key suffix of multiple choice answered by generation
 
 
 def task_key(task_file: str | Path, num_fewshot: int = 0) -> str:
@@ -59,6 +64,19 @@ def task_key(task_file: str | Path, num_fewshot: int = 0) -> str:
     if name in SPLIT_NAMES and path.parent.name:
         name = f"{path.parent.name}-{name}"
     return name + (f"-{num_fewshot}shot" if num_fewshot else "")
+
+
+def _by_generation(result: dict[str, Any]) -> bool:
+    """Multiple choice answered by generation rather than by scoring each choice."""
+    return result.get("kind") == "multiple_choice" and result.get("method") == "generate"
+
+
+def result_key(key: str, result: dict[str, Any]) -> str:
+    """The key `result` is stored under: `key`, plus `-generate` for multiple choice answered
+    by generation, so that it never replaces a log-likelihood score of the same task."""
+    if _by_generation(result) and not key.endswith(GENERATE_SUFFIX):
+        return key + GENERATE_SUFFIX
+    return key
 
 
 def _safe_name(key: str) -> str:
@@ -99,11 +117,13 @@ def read_eval(dest_dir: str | Path) -> dict[str, Any]:
 def record_eval(
     dest_dir: str | Path, key: str, result: dict[str, Any], *, model: dict[str, Any]
 ) -> dict[str, Path]:
-    """Merge `result` into dest_dir/eval.json under `key`, rewrite eval.md, write the samples.
+    """Merge `result` into dest_dir/eval.json under `result_key(key, result)`, rewrite eval.md,
+    write the samples.
 
     A `samples` list in `result` goes to eval-samples/KEY.jsonl rather than into eval.json.
     Returns the paths written.
     """
+    key = result_key(key, result)
     dest = Path(dest_dir)
     dest.mkdir(parents=True, exist_ok=True)
     entry = {k: v for k, v in result.items() if k != "samples"}
@@ -166,11 +186,17 @@ def _details(key: str, r: dict[str, Any]) -> list[str]:
             lines.append(f"- {r['truncated']:,} items had their prompt cut on the left to fit")
     if kind == "multiple_choice":
         lines.append(f"- chance accuracy: {_fmt(r.get('chance'))}")
-        if r.get("method") == "generate":
+        if _by_generation(r):
             lines.append(
                 f"- method: {r.get('method_detail')}; {r.get('unparsed', 0):,} answers named "
                 "no choice (counted wrong)"
             )
+            if r.get("method_reason") == "requested":
+                lines.append("- generation was requested (--mc-method generate)")
+            elif r.get("method_reason") == "fallback":
+                lines.append(
+                    f"- generation was the fallback of --mc-method auto: {r.get('fallback_cause')}"
+                )
         elif r.get("method"):
             lines.append(f"- method: {r['method']} (each choice scored)")
     if kind == "generation":
@@ -205,11 +231,13 @@ def render_markdown(data: dict[str, Any], *, title: str = "") -> str:
     for key, r in sorted(results.items()):
         kind = r.get("kind", "?")
         n = f"{r['tokens']:,} tokens" if kind == "split" else f"{r.get('n', 0):,}"
+        # An accuracy from lettered answers is not comparable with one from scoring choices.
+        how = " (generate)" if _by_generation(r) else ""
         for metric, err in _TABLE_METRICS.get(kind, []):
             if r.get(metric) is None:
                 continue
             out.append(
-                f"| {key} | {kind} | {n} | {metric} | {_fmt(r[metric])} | "
+                f"| {key} | {kind} | {n} | {metric}{how} | {_fmt(r[metric])} | "
                 f"{_fmt(r.get(err)) if err else ''} |"
             )
     out += ["", "## Details", ""]

@@ -31,9 +31,11 @@ BERT roles (`cls`, `sep`, `mask`, ...) in `tokenizer_config.json`, so `AutoToken
 (same whole-word masking and byte counts as one trained here), any other as kind `hf` with
 `[CLS]` as BOS and `[SEP]` as EOS. A Marian folder gets a `tokenizer.json` whose post-processor
 appends EOS, as lmforge's translation sources end (`translate.encode_sources`), so
-`model.generate(**tokenizer(text))` translates; real Helsinki-NLP Marian folders have
-SentencePiece files and no `tokenizer.json`, and start decoding at the pad id: both are refused
-with what to do.
+`model.generate(**tokenizer(text))` translates; real Helsinki-NLP Marian folders start decoding
+at the pad id and have SentencePiece files and no `tokenizer.json`: both are refused with what
+to do, the first before the tokenizer is read. A Marian folder with a separate target
+vocabulary (`decoder_vocab_size` other than `vocab_size`) is refused too, since its one
+`tokenizer.json` is the source's and targets would be decoded with it.
 
 Written by hand because what it does is lmforge's own: the run layout on one side, and on the
 other only `transformers`' own `save_pretrained`/`from_pretrained`.
@@ -133,8 +135,8 @@ def _import_bert(hf_model: Any, max_seq_len: int | None) -> nn.Module:
     return _cap_context(hf_bert.from_hf_bert(hf_model), max_seq_len)
 
 
-def _import_marian(hf_model: Any, max_seq_len: int | None) -> nn.Module:
-    c = hf_model.config
+def _check_marian(c: Any) -> None:
+    """Refuse a Marian config whose model an lmforge run could load but not use right."""
     if c.decoder_start_token_id == c.pad_token_id:
         raise ValueError(
             f"decoder_start_token_id={c.decoder_start_token_id} is the pad id (as in "
@@ -142,6 +144,16 @@ def _import_marian(hf_model: Any, max_seq_len: int | None) -> nn.Module:
             "from padding, so only Marian models that start at their own BOS import (those "
             "`lmforge export hf` writes)"
         )
+    if not c.share_encoder_decoder_embeddings and c.decoder_vocab_size != c.vocab_size:
+        raise ValueError(
+            f"decoder_vocab_size={c.decoder_vocab_size} differs from vocab_size={c.vocab_size}: "
+            "the targets have their own vocabulary, but the folder's tokenizer.json is the "
+            "source's, and lmforge would decode translations with it; only Marian models with "
+            "one vocabulary for both sides import"
+        )
+
+
+def _import_marian(hf_model: Any, max_seq_len: int | None) -> nn.Module:
     model = hf_marian.from_hf_marian(hf_model)
     if max_seq_len and max_seq_len < model.config.max_seq_len:
         # Sinusoidal tables are computed, not stored: a shorter context is only a setting.
@@ -168,6 +180,9 @@ class ImportSource:
     hf_class: str
     family: str  # the lmforge model family it becomes
     convert: Callable[[Any, int | None], nn.Module]  # (transformers model, max_seq_len) -> ours
+    # Raises ValueError for a transformers config the run cannot hold; it runs before the
+    # tokenizer is read, so a folder is refused for that reason first.
+    check: Callable[[Any], None] | None = None
 
 
 EXPORT_TARGETS = (
@@ -181,7 +196,7 @@ IMPORT_SOURCES = {
     "llama": ImportSource("LlamaForCausalLM", "gpt", _import_llama),
     "mistral": ImportSource("MistralForCausalLM", "gpt", _import_llama),
     "bert": ImportSource("BertForMaskedLM", "bert", _import_bert),
-    "marian": ImportSource("MarianMTModel", "seq2seq", _import_marian),
+    "marian": ImportSource("MarianMTModel", "seq2seq", _import_marian, _check_marian),
 }
 
 
@@ -470,9 +485,14 @@ def import_hf(
 
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     model_type, source = _check_hf_dir(hf_dir)
+    hf_class = getattr(transformers, source.hf_class)
+    if source.check is not None:
+        try:
+            source.check(hf_class.config_class.from_pretrained(hf_dir, local_files_only=True))
+        except ValueError as e:
+            raise InteropError(f"{hf_dir}: {e}") from None
     hf_config = read_json(hf_dir / "config.json")
     tok = load_hf_tokenizer(hf_dir, hf_config, family=source.family)
-    hf_class = getattr(transformers, source.hf_class)
     # The class is named here, never taken from the folder: no auto_map, no remote code.
     hf_model, info = hf_class.from_pretrained(
         hf_dir, use_safetensors=True, local_files_only=True, output_loading_info=True

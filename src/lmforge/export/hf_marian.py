@@ -139,9 +139,13 @@ def config_from_hf(config: MarianConfig, *, label_smoothing: float = 0.1) -> Seq
     if problems:
         raise ValueError("this Marian model has no lmforge equivalent: " + "; ".join(problems))
     separate = not config.share_encoder_decoder_embeddings
+    # Untied matrices over one vocabulary are still one vocabulary (tgt_vocab_size 0), as
+    # `hf_config` writes decoder_vocab_size = vocab_size for them; only another size is a
+    # separate target vocabulary.
+    own_target = separate and config.decoder_vocab_size != config.vocab_size
     return Seq2SeqConfig(
         vocab_size=config.vocab_size,
-        tgt_vocab_size=config.decoder_vocab_size if separate else 0,
+        tgt_vocab_size=config.decoder_vocab_size if own_target else 0,
         n_encoder_layers=config.encoder_layers,
         n_decoder_layers=config.decoder_layers,
         n_heads=config.encoder_attention_heads,

@@ -146,17 +146,22 @@ def load_hf_tokenizer(hf_dir: Path, hf_config: dict[str, Any], *, family: str = 
 
     path = hf_dir / "tokenizer.json"
     if not path.is_file():
+        # Only the model's own tokenizer will do: any other numbers its tokens differently
+        # from the model's embedding rows.
         spm = sorted(p.name for p in hf_dir.glob("*.spm"))
-        hint = (
-            f" (it has SentencePiece files {', '.join(spm)}, as Marian folders do: train a "
-            "vocabulary with `lmforge tokenizer train`, or convert with `tokenizers`, and save "
-            "it there as tokenizer.json)"
+        found = (
+            f" (it has SentencePiece files {', '.join(spm)}, as Marian folders do)" if spm else ""
+        )
+        how = (
+            "with the `tokenizers` library (transformers has no fast tokenizer for Marian's "
+            "SentencePiece files, so its save_pretrained writes no tokenizer.json)"
             if spm
-            else ""
+            else "with transformers: `AutoTokenizer.from_pretrained(DIR, use_fast=True)"
+            ".save_pretrained(DIR)` writes it"
         )
         raise InteropError(
-            f"{hf_dir} has no tokenizer.json{hint}; save the tokenizer in the fast format first "
-            "(`AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR)` writes it)"
+            f"{hf_dir} has no tokenizer.json{found}; convert the model's own tokenizer to "
+            f"tokenizer.json {how}"
         )
     try:
         hf_tok = tokenizers.Tokenizer.from_str(path.read_text(encoding="utf-8"))

@@ -156,8 +156,12 @@ def squad_conversations(path: Path, data: dict[str, Any]) -> tuple[list[Conversa
     return out, skipped
 
 
+def _is_squad(data: Any) -> bool:
+    return isinstance(data, dict) and isinstance(data.get("data"), list)
+
+
 def detect_format(path: Path, items: list[tuple[int, Any]] | None, data: Any) -> str:
-    if isinstance(data, dict) and isinstance(data.get("data"), list):
+    if _is_squad(data):
         return "squad"
     first = items[0][1] if items else None
     if isinstance(first, dict) and "messages" in first:
@@ -186,9 +190,13 @@ def read_conversations(path: str | Path, fmt: Format = "auto") -> tuple[list[Con
     data, items = None, None
     if stripped.startswith("{") and fmt in ("auto", "squad"):
         try:
-            data = json.loads(text)
+            whole = json.loads(text)
         except json.JSONDecodeError:
-            data = None  # JSONL whose first line is an object
+            whole = None  # JSONL whose first line is an object
+        # Only SQuAD is one JSON object; another (a JSONL file of one record) is read as JSONL.
+        data = whole if _is_squad(whole) else None
+    if fmt == "squad" and data is None:
+        raise DataError(f"{path}: not SQuAD JSON (an object with a 'data' list)")
     if data is None:
         items = _json_array_items(path, text) if stripped.startswith("[") else None
         items = items if items is not None else _jsonl_items(path, text)
@@ -198,8 +206,6 @@ def read_conversations(path: str | Path, fmt: Format = "auto") -> tuple[list[Con
         fmt = detect_format(path, items, data)
     skipped = 0
     if fmt == "squad":
-        if not isinstance(data, dict):
-            raise DataError(f"{path}: not SQuAD JSON (an object with a 'data' list)")
         conversations, skipped = squad_conversations(path, data)
     else:
         convert = alpaca_conversation if fmt == "alpaca" else messages_conversation

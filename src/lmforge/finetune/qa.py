@@ -11,6 +11,8 @@ null answer and the official scoring are in `lmforge.finetune.squad`.
 Unanswerable questions (`null_answers = "auto"`: when the training data has some) point at
 `[CLS]`; at prediction time a question is answered "" when its `[CLS]` score beats its best
 span by more than a threshold, tuned for F1 on the validation questions (0 without them).
+The kept step and that threshold are both chosen on validation, so validation scores are
+optimistic, not held out: eval.json (`val.note`) and report.md say so; test scores are held out.
 
 The body trains at `lr` and the head at `head_lr` with AdamW and linear warmup / decay; the
 step with the best validation F1 is kept. The output folder holds `model.safetensors` (body and
@@ -333,6 +335,12 @@ def finetune_qa(
         found = spans(name)
         answers = squad.predictions(found, threshold)
         result[name] = squad.score(splits[name], answers)
+        if name == "val":
+            chosen = "the kept step and the null threshold were" if null else "the kept step was"
+            result[name]["note"] = (
+                f"{chosen} chosen to maximise F1 on these questions, so these scores are "
+                "optimistic, not a held-out estimate (the test scores are)"
+            )
         if null:  # what the spans alone score, as if no question were unanswerable
             spans_only = squad.score(splits[name], [s["text"] for s in found])
             result[name] |= {f"span_only_{k}": spans_only[k] for k in ("exact_match", "f1")}
@@ -403,9 +411,18 @@ def _report(result: dict[str, Any]) -> str:
                 f"Best spans alone, never answering 'no answer': exact match "
                 f"{m['span_only_exact_match']:.2f}, F1 {m['span_only_f1']:.2f}.",
             ]
+        if "note" in m:
+            lines += ["", f"Tuned on, not held out: {m['note']}."]
         removed = data.get(f"{name}_questions_in_train_removed")
         if removed:
             lines += ["", f"{removed} questions also in the training file were left out."]
+        on_train = data.get(f"{name}_questions_on_train_contexts")
+        if on_train is not None:
+            lines += [
+                "",
+                f"Questions on a paragraph that is also in the training file (kept; the model "
+                f"has read that context): {on_train:,}.",
+            ]
         if "has_answer_questions" in m:
             lines += [
                 "",

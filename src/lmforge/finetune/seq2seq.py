@@ -3,9 +3,11 @@
 Each line of a JSONL file is one example; `source_field` names the input and `target_field` the
 output (for a test set, `test_target_fields` may name several references, as DialogSum's
 `summary1..3`). A bad line (not JSON, not an object, a missing, null, non-string or empty field)
-is an error naming `file:line`, or with `skip_bad` is skipped and counted. Texts are put on one
-line (runs of whitespace, newlines included, become one space) so that the run's `pairs/` files
-are line-aligned text that `lmforge translate` and `lmforge eval --bleu` read as they are.
+(or not UTF-8) is an error naming `file:line`, or with `skip_bad` is skipped and counted. Texts
+are put on one line (runs of whitespace, newlines included, become one space) so that the run's
+`pairs/` files are line-aligned text that `lmforge translate` and `lmforge eval --bleu` read as
+they are; each example also keeps its source as read, whose line breaks (dialogue turns, news
+highlights) the lead baseline splits at.
 
 The model is a seq2seq run's (`--from runs/x`, or a Hugging Face Marian folder imported by
 `lmforge.finetune.base.resolve_base`), or the same family freshly initialised (`init =
@@ -16,9 +18,13 @@ are cut and counted in `pairs/meta.json`). Training is AdamW with linear warmup 
 linear or constant schedule, label smoothing, gradient clipping, batches of `batch_size` examples
 or of up to `max_tokens` padded tokens (of similar length, from pools shuffled per epoch), and a
 validation loss (plain cross-entropy per target token) `evals_per_epoch` times per epoch; the best
-one is kept as the run's `best` checkpoint.
+one is kept as the run's `best` checkpoint (without a validation set the last point is kept, and
+only its training loss is reported, labelled as such). Validation and test sources that are
+exact copies of a training source are counted, not removed, in `eval.json` and `report.md`.
 
-The test set is then decoded with beam search (`lmforge.infer.seq2seq_decode`) and scored with
+The test set is then decoded with beam search (`lmforge.infer.seq2seq_decode`), its sources cut
+to `max_len` tokens as the training sources were and its outputs at most `decode_max_len`
+tokens (`max_len` by default), and scored with
 sacrebleu corpus BLEU and chrF (signatures kept) and ROUGE-1/2/L F-measure (rouge-score, Porter
 stemming, best of the references per example) through `lmforge.eval.metrics`. A lead-N baseline
 (the source's first N sentences) can be scored the same way. The output folder is an lmforge run
@@ -136,14 +142,29 @@ class Seq2SeqTuneConfig:
 
 @dataclass
 class Example:
-    source: str
+    source: str  # on one line, as the model reads it
     references: list[str]
     line: int  # 1-based line of the JSONL file
+    # The source as read, line breaks kept for the lead baseline's splitter; "" gives `source`.
+    raw_source: str = ""
+
+    def __post_init__(self) -> None:
+        self.raw_source = self.raw_source or self.source
 
 
 def one_line(text: str) -> str:
     """`text` with every run of whitespace (newlines too) as one space."""
     return " ".join(text.split())
+
+
+def _utf8(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"not valid UTF-8 ({e.reason}: byte {data[e.start]:#04x} at byte {e.start + 1} of "
+            "the line)"
+        ) from None
 
 
 def read_seq2seq_jsonl(
@@ -164,13 +185,15 @@ def read_seq2seq_jsonl(
     examples: list[Example] = []
     counts = {"lines": 0, "examples": 0, "skipped_bad": 0, "blank_lines": 0}
     hint = "fix the line, or pass --skip-bad to skip and count such lines"
-    with open(path, encoding="utf-8") as f:
-        for number, raw in enumerate(f, 1):
+    # Bytes, decoded line by line, so that invalid UTF-8 is an error naming its line.
+    with open(path, "rb") as f:
+        for number, data in enumerate(f, 1):
             counts["lines"] += 1
-            if not raw.strip():
-                counts["blank_lines"] += 1
-                continue
             try:
+                raw = _utf8(data)
+                if not raw.strip():
+                    counts["blank_lines"] += 1
+                    continue
                 record = json.loads(raw)
                 if not isinstance(record, dict):
                     raise DataError(f"a JSON {type(record).__name__}, not an object")
@@ -192,7 +215,7 @@ def read_seq2seq_jsonl(
                     continue
                 reason = f"not valid JSON ({e.msg})" if isinstance(e, json.JSONDecodeError) else e
                 raise DataError(f"{path}:{number}: {reason}; {hint}") from None
-            examples.append(Example(source=texts[0], references=texts[1:], line=number))
+            examples.append(Example(texts[0], texts[1:], number, raw_source=record[source_field]))
     if counts["skipped_bad"]:
         log.warning("%s: skipped %d bad line(s)", path, counts["skipped_bad"])
     if not examples:
@@ -272,20 +295,45 @@ def validation_loss(model: Any, pairs: PairBatches, batch_size: int, device: tor
 def decode_examples(
     run: LoadedRun, examples: list[Example], cfg: Seq2SeqTuneConfig, *, progress: bool = False
 ) -> tuple[list[str], dict[str, Any]]:
-    """The run's beam-search outputs for the examples' sources, and decoding counts."""
-    from lmforge.infer.seq2seq_decode import DecodeConfig
-    from lmforge.infer.translate import translate_texts
+    """The run's beam-search outputs for the examples' sources, and decoding counts.
 
+    Sources are cut to `cfg.max_len` tokens with EOS (0: the model's max_seq_len), as the
+    training sources were, and outputs hold at most `cfg.decode_max_len` tokens with BOS and EOS
+    (0: that max_len). `lmforge.infer.translate.translate_texts` cuts at the model's length
+    instead, so the sources are encoded here.
+    """
+    from lmforge.infer.seq2seq_decode import DecodeConfig, translate_batches
+
+    max_len = cfg.max_len or run.model.config.max_seq_len
     decode = DecodeConfig(
-        beam_size=cfg.beam, length_penalty=cfg.length_penalty, max_len=cfg.decode_max_len
+        beam_size=cfg.beam,
+        length_penalty=cfg.length_penalty,
+        max_len=cfg.decode_max_len or max_len,
     )
-    return translate_texts(
-        run,
-        [e.source for e in examples],
-        decode,
-        batch_size=cfg.decode_batch_size,
-        progress=progress,
+    ids = run.tokenizer.encode_batch([e.source.strip() for e in examples])
+    cut = sum(len(seq) > max_len - 1 for seq in ids)
+    if cut:
+        log.warning("truncated %d of %d source(s) to %d tokens", cut, len(ids), max_len - 1)
+    keep = [i for i, seq in enumerate(ids) if seq]  # a source of no tokens: output ""
+    sources = [[*ids[i][: max_len - 1], run.model.config.eos_id] for i in keep]
+    t0 = time.perf_counter()
+    out_ids = translate_batches(
+        run.model, sources, decode, batch_size=cfg.decode_batch_size, progress=progress
     )
+    seconds = time.perf_counter() - t0
+    outputs = [""] * len(examples)
+    for i, seq in zip(keep, out_ids, strict=True):
+        outputs[i] = run.target_tokenizer.decode(seq).strip()
+    stats = {
+        "sentences": len(examples),
+        "empty": len(examples) - len(keep),
+        "truncated": cut,
+        "max_len": max_len,
+        "decode_max_len": decode.max_len,
+        "seconds": seconds,
+        "sentences_per_s": len(keep) / seconds if seconds else 0.0,
+    }
+    return outputs, stats
 
 
 def evaluate_examples(
@@ -304,8 +352,9 @@ def evaluate_examples(
 
 
 def lead_baseline(examples: list[Example], n: int) -> dict[str, Any]:
-    """The first `n` sentences of each source as its output, scored like the model."""
-    outputs = [lead_sentences(e.source, n) for e in examples]
+    """The first `n` sentences of each source as read (line breaks end sentences too) as its
+    output, scored like the model."""
+    outputs = [lead_sentences(e.raw_source, n) for e in examples]
     summary, _ = score_outputs(outputs, [e.references for e in examples])
     return {"n": len(examples), "sentences": n, **summary}
 
@@ -391,7 +440,9 @@ def _report(result: dict[str, Any]) -> str:
         f"{result['train_seconds']:.0f} s; lr {c['lr']:g} ({c['schedule']}), label smoothing "
         f"{c['label_smoothing']}, batch {c['max_tokens'] or c['batch_size']} "
         f"{'tokens' if c['max_tokens'] else 'examples'}",
-        f"- best val loss {result['best_val_loss']:.4f} at step {result['best_step']}",
+        _kept(result),
+        "- sources also in the training data (exact copies, counted, not removed): "
+        + (", ".join(f"{k} {v}" for k, v in result["sources_in_train"].items()) or "-"),
         "",
     ]
     rows = [("model", result.get("test"))]
@@ -422,11 +473,30 @@ def _report(result: dict[str, Any]) -> str:
                 f"  - **output** {s['prediction']}",
                 f"  - **reference** {s['references'][0]}",
             ]
-    lines += ["", "## Validation loss", "", "| step | epoch | val loss |", "|---:|---:|---:|"]
-    lines += [
-        f"| {h['step']} | {h['epoch']:.2f} | {h['val_loss']:.4f} |" for h in result["history"]
-    ]
+    if "best_val_loss" in result:
+        lines += ["", "## Losses", "", "| step | epoch | train loss | val loss |"]
+        lines += ["|---:|---:|---:|---:|"]
+        lines += [
+            f"| {h['step']} | {h['epoch']:.2f} | {h['train_loss']:.4f} | {h['val_loss']:.4f} |"
+            for h in result["history"]
+        ]
+    else:
+        lines += ["", "## Training loss (no validation set)", "", "| step | epoch | train loss |"]
+        lines += ["|---:|---:|---:|"]
+        lines += [
+            f"| {h['step']} | {h['epoch']:.2f} | {h['train_loss']:.4f} |" for h in result["history"]
+        ]
     return "\n".join(lines) + "\n"
+
+
+def _kept(result: dict[str, Any]) -> str:
+    """Which checkpoint was kept and by what loss; a training loss is never called val."""
+    if "best_val_loss" in result:
+        return f"- best val loss {result['best_val_loss']:.4f} at step {result['best_step']}"
+    return (
+        f"- no validation set: kept the last step, {result['best_step']}, train loss "
+        f"{result['kept_train_loss']:.4f} (label-smoothed, not a validation loss)"
+    )
 
 
 def finetune_seq2seq(
@@ -469,6 +539,14 @@ def finetune_seq2seq(
         )
         if cfg.max_test_examples:
             test = test[: cfg.max_test_examples]
+
+    # Leakage: a test (or val) source the model trained on says little about generalisation.
+    train_sources = {e.source for e in train}
+    sources_in_train = {
+        name: sum(e.source in train_sources for e in split)
+        for name, split in (("val", val), ("test", test))
+        if split
+    }
 
     # The longest source/target: the model's, or longer for sinusoidal positions (a fixed
     # table, computed for any length) and for a model trained from scratch.
@@ -540,7 +618,9 @@ def finetune_seq2seq(
     }
 
     history: list[dict[str, Any]] = []
-    best = {"val_loss": math.inf, "step": 0}
+    # Without a validation set every point is kept in turn (the last wins), by its train loss.
+    kept_by = "val_loss" if val_pairs is not None else "train_loss"
+    best = {"loss": math.inf, "step": 0}
     log_lines: list[str] = []
     t0 = time.perf_counter()
     step, loss_sum, loss_n = 0, 0.0, 0
@@ -552,16 +632,14 @@ def finetune_seq2seq(
         loss_sum, loss_n = 0.0, 0
         if val_pairs is not None:
             entry["val_loss"] = validation_loss(model, val_pairs, cfg.decode_batch_size, device)
-        else:
-            entry["val_loss"] = entry["train_loss"]  # no val set: the last point is kept
-        improved = val_pairs is None or entry["val_loss"] < best["val_loss"]
+        improved = val_pairs is None or entry["val_loss"] < best["loss"]
         history.append(entry)
         log_lines.append(json.dumps(entry))
         if improved:
-            best.update(val_loss=entry["val_loss"], step=step)
+            best.update(loss=entry[kept_by], step=step)
             ckpt.save_checkpoint(out, step=step, model=model, config=run_config, is_best=True)
-        log.info("step %d: train loss %.4f, val loss %.4f", step, entry["train_loss"],
-                 entry["val_loss"])  # fmt: skip
+        log.info("step %d: train loss %.4f, val loss %s", step, entry["train_loss"],
+                 f"{entry['val_loss']:.4f}" if "val_loss" in entry else "-")  # fmt: skip
 
     bar = tqdm(total=total, desc="fine-tuning", unit="step", disable=not progress)
     epoch, stopped_early = 0, False
@@ -613,8 +691,9 @@ def finetune_seq2seq(
         "epochs_done": step / per_epoch,
         "stopped_by_time": stopped_early and step < total,
         "train_seconds": train_seconds,
-        "best_val_loss": best["val_loss"],
+        ("best_val_loss" if val_pairs is not None else "kept_train_loss"): best["loss"],
         "best_step": best["step"],
+        "sources_in_train": sources_in_train,
         "history": history,
     }
     if test:

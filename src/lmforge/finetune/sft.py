@@ -48,6 +48,7 @@ from lmforge.model import build_model, model_config_from_dict, require_family
 from lmforge.model.gpt import GPT
 from lmforge.tokenizer.chat import (
     ChatTemplate,
+    ChatTemplateError,
     encode_chat,
     save_chat_template,
     template_for_run,
@@ -145,11 +146,15 @@ def encode_examples(
 
     An example left with no assistant token to predict (its answer was cut off) is skipped
     and counted as `skipped_no_target`; `truncated` counts the cut examples that were kept.
+    A conversation the template refuses is a DataError naming its record.
     """
     out: list[Example] = []
     counts = {"examples": 0, "truncated": 0, "skipped_too_long": 0, "skipped_no_target": 0}
     for conv in conversations:
-        ids, mask = encode_chat(tokenizer, template, conv.messages)
+        try:
+            ids, mask = encode_chat(tokenizer, template, conv.messages)
+        except ChatTemplateError as e:
+            raise DataError(f"{conv.where}: {e}") from None
         cut = len(ids) > max_len
         if cut and overlong == "skip":
             counts["skipped_too_long"] += 1
@@ -167,18 +172,32 @@ def encode_examples(
 
 def pack(lengths: list[int], capacity: int) -> list[list[int]]:
     """Rows of example indices whose lengths sum to at most `capacity` (first fit, in the
-    order given, so a shuffled order gives differently mixed rows each epoch)."""
+    order given, so a shuffled order gives differently mixed rows each epoch).
+
+    The first row with room is found in O(log n) by descending a max-tree over the rows' free
+    space (rows not yet opened count as empty ones, opened in order), not by scanning them all,
+    which is quadratic in the examples of a large data set.
+    """
+    size = 1
+    while size < len(lengths):
+        size *= 2
+    # Leaf size + r holds row r's room; each inner node the larger of its two children's.
+    free = [capacity] * (2 * size)
     rows: list[list[int]] = []
-    room: list[int] = []
     for i, n in enumerate(lengths):
-        for r, free in enumerate(room):
-            if n <= free:
-                rows[r].append(i)
-                room[r] -= n
-                break
-        else:
-            rows.append([i])
-            room.append(capacity - n)
+        if n > capacity:
+            raise ValueError(f"example {i} has {n} tokens, more than a row's {capacity}")
+        node = 1
+        while node < size:  # the leftmost subtree with room for n
+            node = 2 * node if free[2 * node] >= n else 2 * node + 1
+        r = node - size
+        if r == len(rows):
+            rows.append([])
+        rows[r].append(i)
+        free[node] -= n
+        while node > 1:
+            node //= 2
+            free[node] = max(free[2 * node], free[2 * node + 1])
     return rows
 
 
@@ -221,6 +240,20 @@ def batch_loss(
         logits.float().flatten(0, 1), tgt.flatten(), ignore_index=IGNORE, reduction="sum"
     )
     return loss, int((tgt != IGNORE).sum())
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the parameters that train (under LoRA only the adapters, not the frozen base);
+    GPT's buffers are fixed position tables, so nothing else changes during training."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@torch.no_grad()
+def restore_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Put back the parameters `trainable_state` copied."""
+    params = dict(model.named_parameters())
+    for name, value in state.items():
+        params[name].copy_(value)
 
 
 @torch.no_grad()
@@ -422,37 +455,40 @@ def finetune_sft(
 
         bar = tqdm(total=total_steps, desc="sft", unit="step", mininterval=1.0)
     t0 = time.perf_counter()
-    tokens_seen = targets_seen = 0
+    positions = padded = targets_seen = 0
     try:
         for step in range(total_steps):
             if not batches:
                 batches = epoch_batches()
-            ids, tgt, doc_ids = make_batch(train, batches.pop(0), pad, cfg.packing)
+            rows = batches.pop(0)
+            ids, tgt, doc_ids = make_batch(train, rows, pad, cfg.packing)
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * lr_factor(step, total_steps, schedule)
             loss_sum, n = batch_loss(model, ids, tgt, doc_ids)
             loss = loss_sum / max(1, n)
+            # Before the step, so a non-finite loss never reaches the weights (or best_state).
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"loss became {loss.item()} at step {step + 1}; lower lr")
             loss.backward()
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"loss became {loss.item()} at step {step + 1}; lower lr")
-            tokens_seen += ids.numel()
+            positions += ids.numel()
+            padded += ids.numel() - sum(len(train[i].ids) - 1 for row in rows for i in row)
             targets_seen += n
             record: dict[str, Any] = {
                 "step": step + 1,
                 "loss": loss.item(),
                 "lr": optimizer.param_groups[0]["lr"],
-                "tokens": tokens_seen,
+                "tokens": positions,
                 "target_tokens": targets_seen,
             }
             if val and ((step + 1) % eval_every == 0 or step + 1 == total_steps):
                 record["val_loss"] = assistant_loss(model, val, pad)
                 if record["val_loss"] < best_loss:
                     best_loss, best_step = record["val_loss"], step + 1
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    best_state = trainable_state(model)
             with metrics_path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
             if bar is not None:
@@ -463,7 +499,7 @@ def finetune_sft(
             bar.close()
     train_s = time.perf_counter() - t0
     if best_state is not None:  # the weights with the lowest validation loss
-        model.load_state_dict(best_state)
+        restore_trainable(model, best_state)
     model.eval()
 
     result: dict[str, Any] = {
@@ -474,8 +510,10 @@ def finetune_sft(
         "steps": total_steps,
         "best_step": best_step or total_steps,
         "train_seconds": round(train_s, 1),
-        "tokens_per_s": round(tokens_seen / max(train_s, 1e-9)),
-        "padding_share": round(1 - targets_seen / max(1, tokens_seen), 3),
+        "tokens_per_s": round(positions / max(train_s, 1e-9)),
+        # Of all positions in the batches: padding, and assistant tokens (the loss targets).
+        "padding_share": round(padded / max(1, positions), 3),
+        "target_share": round(targets_seen / max(1, positions), 3),
         "val_loss_before": val_before,
         "val_loss_after": assistant_loss(model, val, pad) if val else None,
         "lora_targets": adapted,

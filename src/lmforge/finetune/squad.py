@@ -2,21 +2,25 @@
 
 `read_squad` reads SQuAD v1.1 and v2.0 JSON (`{data: [{title, paragraphs: [{context, qas:
 [{id, question, answers: [{text, answer_start}], is_impossible}]}]}]}`) and checks every
-answer against its context, so a malformed record is an error naming the file and question id.
+answer against its context, so a malformed record (or a file that is not UTF-8) is an error
+naming the file and question id (or line).
 
 `build_features` turns each question into one or more windows `[CLS] question [SEP] context
 [SEP]` (token types 0 then 1), cutting a long context into windows that overlap by
 `doc_stride` tokens, as BERT did for SQuAD (Devlin et al., 2019, section 4.2). Character
-offsets come from the Hugging Face `tokenizers` encoding, so every context token knows the
-characters it covers; an answer's characters map to the first and last token that cover them.
-A window that does not hold the whole answer (and every unanswerable question) points both
-ends at `[CLS]`, position 0.
+offsets come from the Hugging Face `tokenizers` encoding (never padded or truncated, see
+`Tokenizer.encodings`), so every context token knows the characters it covers; an answer's
+characters map to the first and last token that cover them, and an answer that no token covers
+(all its characters dropped by the normalizer) is an error naming the question. A window that
+does not hold the whole answer (and every unanswerable question) points both ends at `[CLS]`,
+position 0.
 
 `best_spans` is the usual n-best decoding: the `n_best` highest start and end logits of each
 window's context tokens, pairs with start <= end and at most `max_answer_len` tokens, the best
-sum over all windows of a question. The null score (SQuAD 2.0) is the `[CLS]` start + end
-logit, the smallest over windows; a question is answered "" when the null score beats the best
-span by more than a threshold (`best_null_threshold` tunes it on validation data).
+sum over all windows of a question (all pairs of a window scored at once as a masked outer
+sum). The null score (SQuAD 2.0) is the `[CLS]` start + end logit, the smallest over windows;
+a question is answered "" when the null score beats the best span by more than a threshold
+(`best_null_threshold` tunes it for F1 on validation data, scoring "" as `qa_scores` does).
 
 `qa_scores` is the official SQuAD v2.0 scoring on top of `lmforge.eval.metrics` (whose
 normalization is the official one): references that normalize to nothing are dropped, a
@@ -28,6 +32,7 @@ here because they are a few dozen lines tied to our tokenizer wrapper and model;
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -81,8 +86,15 @@ def read_squad(path: str | Path) -> list[Question]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path} does not exist")
+    data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
     try:
-        doc = json.loads(path.read_text(encoding="utf-8-sig"))
+        doc = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}:{line}: not valid UTF-8 ({e.reason}: byte {data[e.start]:#04x}); "
+            "convert the file to UTF-8"
+        ) from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
     questions: list[Question] = []
@@ -115,7 +127,8 @@ def read_squad(path: str | Path) -> list[Question]:
                 for answer in answers:
                     ans = _field(answer, "text", str, path, f"an answer of {what}")
                     start = _field(answer, "answer_start", int, path, f"an answer of {what}")
-                    if context[start : start + len(ans)] != ans or not ans.strip():
+                    # A negative start would count from the end of the context.
+                    if start < 0 or context[start : start + len(ans)] != ans or not ans.strip():
                         found = context[start : start + len(ans)] if start >= 0 else ""
                         raise DataError(
                             f"{path}: {what}: answer_start {start} does not point at the answer "
@@ -139,11 +152,11 @@ def qa_scores(prediction: str, references: Sequence[str]) -> tuple[float, float]
     return exact_match(prediction, refs), token_f1(prediction, refs)
 
 
-def _token_span(offsets: list[tuple[int, int]], start: int, end: int) -> tuple[int, int]:
-    """First and last token covering characters [start, end) of the context."""
-    first = next(i for i, (_, b) in enumerate(offsets) if b > start)
-    last = max(i for i, (a, _) in enumerate(offsets) if a < end)
-    return first, last
+def _token_span(offsets: list[tuple[int, int]], start: int, end: int) -> tuple[int, int] | None:
+    """First and last token covering characters [start, end) of the context; None when no
+    token covers any of them (the normalizer dropped them all, e.g. control characters)."""
+    inside = [i for i, (a, b) in enumerate(offsets) if a < end and b > start]
+    return (inside[0], inside[-1]) if inside else None
 
 
 def build_features(
@@ -162,7 +175,7 @@ def build_features(
             "encoder trained with a wordpiece vocabulary (or an imported BERT)"
         )
     contexts = list(dict.fromkeys(q.context for q in questions))
-    encoded = dict(zip(contexts, tokenizer.hf.encode_batch(contexts, add_special_tokens=False)))
+    encoded = dict(zip(contexts, tokenizer.encodings(contexts)))
     q_ids = tokenizer.encode_batch([q.question for q in questions])
     features: list[Feature] = []
     unaligned = 0
@@ -178,12 +191,19 @@ def build_features(
                 "max_query_len"
             )
         span = None
-        if q.answerable and ctx_ids:
+        if q.answerable:
             text = q.answers[0]
             lead = len(text) - len(text.lstrip())
             s = q.starts[0] + lead
             e = s + len(text.strip())
             span = _token_span(offsets, s, e)
+            if span is None:
+                # Nothing to point at: pointing at [CLS] would teach "no answer" instead.
+                raise DataError(
+                    f"{q.where}: question id {q.id}: no token covers the answer {text!r} (the "
+                    f"{tokenizer.kind} tokenizer drops all its characters); fix or drop the "
+                    "answer"
+                )
             if (offsets[span[0]][0], offsets[span[1]][1]) != (s, e):
                 unaligned += 1  # e.g. "Norman" inside the one token "normans"
         prefix = [cls_id, *qids, sep_id]
@@ -226,20 +246,22 @@ def best_spans(
         out = best[f.question]
         out["null_score"] = min(out["null_score"], float(s_log[0] + e_log[0]))
         ctx = torch.tensor([o is not None for o in f.offsets])
-        s_masked = s_log[: len(f.ids)].masked_fill(~ctx, float("-inf"))
-        e_masked = e_log[: len(f.ids)].masked_fill(~ctx, float("-inf"))
         k = min(n_best, int(ctx.sum()))
-        starts = s_masked.topk(k).indices.tolist()
-        ends = e_masked.topk(k).indices.tolist()
-        for s in starts:
-            for e in ends:
-                if e < s or e - s + 1 > max_answer_len:
-                    continue
-                score = float(s_log[s] + e_log[e])
-                if score > out["score"]:
-                    context = questions[f.question].context
-                    out["score"] = score
-                    out["text"] = context[f.offsets[s][0] : f.offsets[e][1]]
+        if not k:
+            continue
+        starts = s_log[: len(f.ids)].masked_fill(~ctx, float("-inf")).topk(k).indices
+        ends = e_log[: len(f.ids)].masked_fill(~ctx, float("-inf")).topk(k).indices
+        # All k x k candidate pairs at once: a Python loop making tensor calls per pair took
+        # ~1 ms a window (over 10 s per SQuAD dev evaluation). The same float32 additions.
+        length = ends[None, :] - starts[:, None] + 1
+        scores = s_log[starts][:, None] + e_log[ends][None, :]
+        scores = scores.masked_fill((length < 1) | (length > max_answer_len), float("-inf"))
+        at = int(scores.argmax())  # the first best in (start, end) n-best order, as a loop
+        score = float(scores.flatten()[at])
+        if score > out["score"]:  # -inf when no pair is valid: never taken
+            s, e = int(starts[at // k]), int(ends[at % k])
+            out["score"] = score
+            out["text"] = questions[f.question].context[f.offsets[s][0] : f.offsets[e][1]]
     return best
 
 
@@ -256,14 +278,18 @@ def best_null_threshold(questions: Sequence[Question], spans: Sequence[dict[str,
     """The threshold on (null score - best span score) that maximises F1 on these questions."""
     diffs = [s["null_score"] - s["score"] for s in spans]
     span_f1 = [qa_scores(s["text"], q.answers)[1] for q, s in zip(questions, spans)]
-    null_f1 = [0.0 if q.answerable else 100.0 for q in questions]
+    # Scored as `score` scores "": 100 also for references that all normalize to nothing.
+    null_f1 = [qa_scores("", q.answers)[1] for q in questions]
     # Answering "" wherever diff > t: below every diff all questions are null; raising t past
-    # each diff in turn gives that one question its span answer.
+    # each diff in turn gives that question its span answer. Questions with equal diffs change
+    # together, so a total is only a threshold's once the last of them is counted.
     order = sorted(range(len(spans)), key=lambda i: diffs[i])
     total = sum(null_f1)
     best_total, best_t = total, (diffs[order[0]] - 1.0) if order else 0.0
-    for i in order:
+    for n, i in enumerate(order, 1):
         total += span_f1[i] - null_f1[i]
+        if n < len(order) and diffs[order[n]] == diffs[i]:
+            continue
         if total > best_total:
             best_total, best_t = total, diffs[i]
     return best_t

@@ -6,7 +6,8 @@ template travels with it to Hugging Face and back. It is rendered the way
 `PreTrainedTokenizerFast.apply_chat_template(messages, tokenize=False)` renders it: jinja2's
 `ImmutableSandboxedEnvironment` with `trim_blocks`/`lstrip_blocks`, the `loopcontrols`
 extension, `raise_exception`, `strftime_now` and a `tojson` filter, and `messages`,
-`add_generation_prompt` and the special tokens (`bos_token`, `eos_token`, ...) in the context.
+`add_generation_prompt`, `tools` and `documents` (None unless given) and the special tokens
+(`bos_token`, `eos_token`, ...) in the context.
 Fine-tuning (`lmforge finetune sft`), `lmforge generate --chat` and the served chat endpoint
 all go through `render`/`encode_chat` here, so a model is asked in the format it was taught.
 
@@ -23,12 +24,15 @@ training; a special token's spelling inside a message stays ordinary text (as ev
 lmforge, data never injects an EOS). The assistant mask: the characters of each assistant turn
 are found by rendering prefixes of the conversation (the text of turns 1..i with the generation
 prompt, then with turn i), or by `{% generation %}` ... `{% endgeneration %}` markers where the
-template has them, as transformers' `return_assistant_tokens_mask` reads them.
+template has them, as transformers' `return_assistant_tokens_mask` reads them (each block's
+output is fenced in private-use characters while rendering, so its place is read off the text,
+not searched for, and stays right inside macros, where transformers' offsets do not).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -52,6 +56,10 @@ DEFAULT_TEMPLATE = (
 # Private-use characters that stand in for a special token's spelling inside a message while
 # the rendered text is cut at the template's own special tokens.
 _ESC_OPEN, _ESC_CLOSE = "\ue000", "\ue001"
+# Private-use characters fenced around each `{% generation %}` block's output while the
+# assistant mask is found, so the block's place is read off the text rather than searched for
+# (an answer is often also in the prompt: SQuAD's is a span of the context).
+_GEN_OPEN, _GEN_CLOSE = "\ue002", "\ue003"
 
 
 class ChatTemplateError(ValueError):
@@ -80,14 +88,15 @@ def _environment():
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     class GenerationTracker(Extension):
-        """`{% generation %}...{% endgeneration %}` outputs its body and, while a list is
-        given in `_spans`, records where in the output that body lies."""
+        """`{% generation %}...{% endgeneration %}` outputs its body; while
+        `environment.generation_blocks` is a list, it also appends the body there and fences
+        it in `_GEN_OPEN` ... `_GEN_CLOSE`."""
 
         tags = {"generation"}
 
         def __init__(self, environment):
             super().__init__(environment)
-            environment.extend(generation_spans=None, generation_out=None)
+            environment.extend(generation_blocks=None)
 
         def parse(self, parser):
             lineno = next(parser.stream).lineno
@@ -97,10 +106,11 @@ def _environment():
 
         def _record(self, caller):
             text = caller()
-            spans = self.environment.generation_spans
-            if spans is not None:
-                spans.append(text)
-            return text
+            blocks = self.environment.generation_blocks
+            if blocks is None:
+                return text
+            blocks.append(text)
+            return f"{_GEN_OPEN}{text}{_GEN_CLOSE}"
 
     env = ImmutableSandboxedEnvironment(
         trim_blocks=True, lstrip_blocks=True, extensions=[GenerationTracker, loopcontrols]
@@ -119,20 +129,25 @@ class ChatTemplate:
     origin: str = "<default chat template>"
 
     def __post_init__(self) -> None:
+        from jinja2 import nodes
         from jinja2.exceptions import TemplateSyntaxError
 
         self._env = _environment()
         try:
-            self._template = self._env.from_string(self.source)
+            tree = self._env.parse(self.source)
         except TemplateSyntaxError as e:
             raise ChatTemplateError(
                 f"{self.origin}:{e.lineno}: chat template does not parse: {e.message}; fix the "
                 "Jinja there (transformers' chat templates are the reference)"
             ) from None
-
-    @property
-    def has_generation_markers(self) -> bool:
-        return "{% generation %}" in self.source or "{%- generation %}" in self.source
+        self._template = self._env.from_string(tree)
+        # From the parsed template, not its text: any whitespace control, no comments or strings.
+        self.has_generation_markers = any(
+            isinstance(block.call, nodes.Call)
+            and isinstance(block.call.node, nodes.ExtensionAttribute)
+            and block.call.node.name == "_record"
+            for block in tree.find_all(nodes.CallBlock)
+        )
 
     def render(
         self,
@@ -150,18 +165,26 @@ class ChatTemplate:
         messages: Sequence[dict[str, Any]],
         add_generation_prompt: bool,
         special_tokens: dict[str, str],
-        spans: list[str] | None,
+        blocks: list[str] | None,
         extra: dict[str, Any],
     ) -> str:
+        """The text; with `blocks`, each generation block's output is appended there and fenced
+        in `_GEN_OPEN` ... `_GEN_CLOSE` in the text."""
         from jinja2.exceptions import TemplateError
 
-        self._env.generation_spans = spans
+        self._env.generation_blocks = blocks
         try:
+            # transformers always passes tools and documents, so `tools is not none` is false
+            # unless the caller gives some.
             return self._template.render(
-                messages=list(messages),
-                add_generation_prompt=add_generation_prompt,
-                **special_tokens,
-                **extra,
+                {
+                    "tools": None,
+                    "documents": None,
+                    **special_tokens,
+                    **extra,
+                    "messages": list(messages),
+                    "add_generation_prompt": add_generation_prompt,
+                }
             )
         except TemplateError as e:
             raise ChatTemplateError(
@@ -174,7 +197,7 @@ class ChatTemplate:
                 f"{self.origin}: chat template failed to render: {type(e).__name__}: {e}"
             ) from None
         finally:
-            self._env.generation_spans = None
+            self._env.generation_blocks = None
 
 
 def load_chat_template(tokenizer_dir: str | Path) -> ChatTemplate | None:
@@ -242,8 +265,9 @@ def _encode_text(tokenizer: Tokenizer, text: str, specials: list[str]) -> list[i
 
 def _assistant_spans_by_prefix(
     template: ChatTemplate, messages: list[dict[str, Any]], tokens: dict[str, str]
-) -> list[tuple[int, int]]:
-    """Character spans of each assistant turn, by rendering prefixes of the conversation."""
+) -> tuple[str, list[tuple[int, int]]]:
+    """The text and the character span of each assistant turn in it, found by rendering
+    prefixes of the conversation."""
     full = template._render(messages, False, tokens, None, {})
     spans = []
     for i, m in enumerate(messages):
@@ -258,23 +282,44 @@ def _assistant_spans_by_prefix(
                 "wrap the assistant content in {% generation %}...{% endgeneration %}"
             )
         spans.append((len(before), len(upto)))
-    return spans
+    return full, spans
 
 
 def _assistant_spans_by_markers(
     template: ChatTemplate, messages: list[dict[str, Any]], tokens: dict[str, str]
-) -> list[tuple[int, int]]:
-    """Character spans of each `{% generation %}` block, in rendering order."""
-    pieces: list[str] = []
-    full = template._render(messages, False, tokens, pieces, {})
-    spans, pos = [], 0
-    for piece in pieces:
-        at = full.find(piece, pos)
-        if at < 0:
-            raise ChatTemplateError(f"{template.origin}: a generation block's output was lost")
-        spans.append((at, at + len(piece)))
-        pos = at + len(piece)
-    return spans
+) -> tuple[str, list[tuple[int, int]]]:
+    """The text and the character span of each `{% generation %}` block in it, read off the
+    fences the blocks put around their output."""
+    for i, m in enumerate(messages):
+        content = m.get("content")
+        if isinstance(content, str) and (_GEN_OPEN in content or _GEN_CLOSE in content):
+            raise ChatTemplateError(
+                f"message {i} ({m.get('role')}) holds the private-use character U+E002 or "
+                "U+E003, which lmforge marks generation blocks with; remove it from the data"
+            )
+    blocks: list[str] = []
+    fenced = template._render(messages, False, tokens, blocks, {})
+    # Each block's output must be in the text once: not nested in another, not dropped or
+    # repeated (a `{% set %}` block output twice, say).
+    fences = "".join(c for c in fenced if c in (_GEN_OPEN, _GEN_CLOSE))
+    if fences != (_GEN_OPEN + _GEN_CLOSE) * len(blocks):
+        raise ChatTemplateError(
+            f"{template.origin}: a {{% generation %}} block's output is nested in another, "
+            "or appears other than once in the rendered text; the assistant's tokens cannot "
+            "be found"
+        )
+    text: list[str] = []
+    spans: list[tuple[int, int]] = []
+    length = start = 0
+    for piece in re.split(f"([{_GEN_OPEN}{_GEN_CLOSE}])", fenced):
+        if piece == _GEN_OPEN:
+            start = length
+        elif piece == _GEN_CLOSE:
+            spans.append((start, length))
+        else:
+            text.append(piece)
+            length += len(piece)
+    return "".join(text), spans
 
 
 def encode_chat(
@@ -294,13 +339,12 @@ def encode_chat(
     tokens = special_tokens(tokenizer)
     specials = sorted({t for t in tokens.values()}, key=len, reverse=True)
     safe = _escape(messages, specials)
-    text = template._render(safe, add_generation_prompt, tokens, None, {})
     if add_generation_prompt or not any(m.get("role") == "assistant" for m in messages):
-        spans: list[tuple[int, int]] = []
+        text, spans = template._render(safe, add_generation_prompt, tokens, None, {}), []
     elif template.has_generation_markers:
-        spans = _assistant_spans_by_markers(template, safe, tokens)
+        text, spans = _assistant_spans_by_markers(template, safe, tokens)
     else:
-        spans = _assistant_spans_by_prefix(template, safe, tokens)
+        text, spans = _assistant_spans_by_prefix(template, safe, tokens)
     ids: list[int] = []
     mask: list[bool] = []
     pos = 0

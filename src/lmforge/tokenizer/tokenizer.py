@@ -30,10 +30,12 @@ model it came from are kept there: `add_bos` (Llama and Mistral were trained wit
 every sequence, which their `tokenizer.json` adds through its post-processor) and `eos_ids`
 (every id that ends a generation, e.g. Llama 3's `<|end_of_text|>` and `<|eot_id|>`).
 
-`encode` is the same for every kind: text to ids, no specials. Text that a model reads as a
-prompt or a document (generation, serving, evaluation contexts, classification) goes through
-`encode_prompt`, which also puts BOS first where the model expects it; for lmforge's own
-kinds the two are the same.
+`encode` is the same for every kind: text to ids, no specials, never padded or truncated (an
+imported `tokenizer.json` may carry padding or truncation settings, as many BERT folders do;
+lmforge encodes with a copy without them and keeps the file, and so its fingerprint, as it
+is). Text that a model reads as a prompt or a document (generation, serving, evaluation
+contexts, classification) goes through `encode_prompt`, which also puts BOS first where the
+model expects it; for lmforge's own kinds the two are the same.
 """
 
 from __future__ import annotations
@@ -196,6 +198,15 @@ class Tokenizer:
         # Not serialised in tokenizer.json, so it is set on every construction: literal
         # "<|eos|>" in the data is ordinary text, never the EOS id.
         self._hf.encode_special_tokens = True
+        # Padding would add pad ids (offsets (0, 0)) and truncation would drop text without a
+        # word, so encodings come from a copy without either; `hf` stays as loaded, so that
+        # tokenizer.json and the fingerprint recorded with token data do not change.
+        self._enc = hf
+        if hf.padding is not None or hf.truncation is not None:
+            self._enc = tokenizers.Tokenizer.from_str(hf.to_str())
+            self._enc.no_padding()
+            self._enc.no_truncation()
+            self._enc.encode_special_tokens = True
         self._kind = kind
         # role -> token text. Trained kinds have theirs fixed by kind (`_KIND_ROLES`); an
         # imported (`hf`) vocabulary has its model's own, and may lack any role but EOS.
@@ -310,10 +321,14 @@ class Tokenizer:
         return {i for i, t in self._hf.get_added_tokens_decoder().items() if t.special}
 
     def encode(self, text: str) -> list[int]:
-        return self._hf.encode(text, add_special_tokens=False).ids
+        return self._enc.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self._hf.encode_batch(texts, add_special_tokens=False)]
+        return [e.ids for e in self.encodings(texts)]
+
+    def encodings(self, texts: list[str]) -> list[tokenizers.Encoding]:
+        """`encode_batch` with each token's character offsets (`tokenizers.Encoding`)."""
+        return self._enc.encode_batch(texts, add_special_tokens=False)
 
     def encode_prompt(self, text: str) -> list[int]:
         """`text` as the model reads the start of a sequence: `encode`, after BOS if `add_bos`.
