@@ -212,9 +212,9 @@ def test_classifier_learns_a_separable_task(tmp_path, tiny_run, shakespeare_text
     agree = sum(label == r["label"] for (label, _), r in zip(predictions, rows)) / len(rows)
     assert agree > 0.95
     if lora:  # the base run plus the small adapter file (which holds the head) rebuild it
-        from lmforge.finetune.classify import _build_body
+        from lmforge.finetune.base import load_base_model
 
-        body, _, _ = _build_body(tiny_run, "pretrained")
+        body, _, _ = load_base_model(tiny_run, {"gpt"}, "test")
         rebuilt = SequenceClassifier(body, 2, "last")
         _, extra = load_adapters(body, tmp_path / "cls")
         rebuilt.load_state_dict(extra, strict=False)

@@ -282,7 +282,7 @@ def test_non_finite_loss_stops_before_the_weights_change(base_run, tmp_path, mon
     from lmforge.finetune import sft
 
     seen = {}
-    load_base, batch_loss = sft._load_base, sft.batch_loss
+    load_base, batch_loss = sft.load_base_model, sft.batch_loss
 
     def keep_model(*args, **kwargs):
         model, tok, config = load_base(*args, **kwargs)
@@ -293,7 +293,7 @@ def test_non_finite_loss_stops_before_the_weights_change(base_run, tmp_path, mon
         loss, n = batch_loss(*args)
         return loss * float("nan"), n
 
-    monkeypatch.setattr(sft, "_load_base", keep_model)
+    monkeypatch.setattr(sft, "load_base_model", keep_model)
     monkeypatch.setattr(sft, "batch_loss", nan_loss)
     path, _ = _short_alpaca(tmp_path, 4)
     cfg = SFTConfig(epochs=1, batch_size=2, val_fraction=0, samples=0, device="cpu")

@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from lmforge.tokenizer.tokenizer import Tokenizer
 
 
 class BaseModelError(ValueError):
@@ -61,3 +66,22 @@ def resolve_base(source: str | Path, out_dir: str | Path) -> Path:
         "Face model folder (config.json with a model_type); train one with `lmforge train` or "
         "give a folder saved with transformers' save_pretrained"
     )
+
+
+def load_base_model(
+    run: Path, families: set[str], command: str, init: str = "pretrained"
+) -> tuple[nn.Module, Tokenizer, dict[str, Any]]:
+    """The model of `run`'s best checkpoint (refused unless of one of `families`), its
+    tokenizer and its config; with `init` "scratch", the same architecture freshly initialised
+    (the baseline that shows what pretraining transfers)."""
+    from lmforge.model import build_model, model_config_from_dict, require_family
+    from lmforge.tokenizer.tokenizer import load_tokenizer
+    from lmforge.train import checkpoint as ckpt
+
+    ckpt_dir = ckpt.checkpoint_dir(run, "best")
+    config = ckpt.read_config(ckpt_dir)
+    require_family(config["model"], families, command)
+    model = build_model(model_config_from_dict(config["model"]))
+    if init == "pretrained":
+        ckpt.load_model_weights(model, ckpt_dir / "model.safetensors")
+    return model, load_tokenizer(run / "tokenizer"), config

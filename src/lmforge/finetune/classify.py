@@ -41,10 +41,10 @@ from torch import nn
 from lmforge.config import ConfigError
 from lmforge.data.document import DataError
 from lmforge.finetune import labeled
-from lmforge.finetune.base import resolve_base
+from lmforge.finetune.base import load_base_model, resolve_base
 from lmforge.finetune.lora import LoRAConfig, apply_lora, merge_lora, save_adapters
 from lmforge.io import atomic_path, write_json_atomic, write_text_atomic
-from lmforge.model import build_model, family_of, model_config_from_dict, require_family
+from lmforge.model import build_model, family_of, model_config_from_dict
 from lmforge.tokenizer.tokenizer import Tokenizer, load_tokenizer
 from lmforge.train import checkpoint as ckpt
 from lmforge.train.schedule import ScheduleConfig, lr_factor
@@ -267,16 +267,6 @@ def _splits(
     return labels, {"train": train, "val": val, "test": test}, audit
 
 
-def _build_body(from_run: Path, init: str) -> tuple[nn.Module, Tokenizer, dict[str, Any]]:
-    ckpt_dir = ckpt.checkpoint_dir(from_run, "best")
-    config = ckpt.read_config(ckpt_dir)
-    require_family(config["model"], set(POOLS), "lmforge finetune classify")
-    body = build_model(model_config_from_dict(config["model"]))
-    if init == "pretrained":
-        ckpt.load_model_weights(body, ckpt_dir / "model.safetensors")
-    return body, load_tokenizer(from_run / "tokenizer"), config
-
-
 def finetune_classifier(
     cfg: ClassifyConfig,
     from_run: str | Path,
@@ -301,7 +291,9 @@ def finetune_classifier(
     )
     run = resolve_base(from_run, out)
     torch.manual_seed(cfg.seed)
-    body, tokenizer, run_config = _build_body(run, cfg.init)
+    body, tokenizer, run_config = load_base_model(
+        run, set(POOLS), "lmforge finetune classify", cfg.init
+    )
     max_len = min(cfg.max_len or body.config.max_seq_len, body.config.max_seq_len)
     device = resolve_device(cfg.device)
     model = SequenceClassifier(body, len(labels), cfg.pool)

@@ -39,9 +39,9 @@ from torch import nn
 from lmforge.config import ConfigError
 from lmforge.data.document import DataError
 from lmforge.finetune import squad
-from lmforge.finetune.base import resolve_base
+from lmforge.finetune.base import load_base_model, resolve_base
 from lmforge.io import atomic_path, write_json_atomic, write_text_atomic
-from lmforge.model import build_model, model_config_from_dict, require_family
+from lmforge.model import build_model, model_config_from_dict
 from lmforge.tokenizer.tokenizer import Tokenizer, load_tokenizer
 from lmforge.train import checkpoint as ckpt
 from lmforge.train.schedule import ScheduleConfig, lr_factor
@@ -184,16 +184,6 @@ def _logits(
     return starts, ends
 
 
-def _build_body(run: Path, init: str) -> tuple[nn.Module, Tokenizer, dict[str, Any]]:
-    ckpt_dir = ckpt.checkpoint_dir(run, "best")
-    config = ckpt.read_config(ckpt_dir)
-    require_family(config["model"], {"bert"}, "lmforge finetune qa")
-    body = build_model(model_config_from_dict(config["model"]))
-    if init == "pretrained":
-        ckpt.load_model_weights(body, ckpt_dir / "model.safetensors")
-    return body, load_tokenizer(run / "tokenizer"), config
-
-
 def finetune_qa(
     cfg: QAConfig,
     from_run: str | Path,
@@ -218,7 +208,7 @@ def finetune_qa(
     )
     run = resolve_base(from_run, out)
     torch.manual_seed(cfg.seed)
-    body, tokenizer, run_config = _build_body(run, cfg.init)
+    body, tokenizer, run_config = load_base_model(run, {"bert"}, "lmforge finetune qa", cfg.init)
     max_len = min(cfg.max_len or body.config.max_seq_len, body.config.max_seq_len)
     null = cfg.null_answers == "yes" or (
         cfg.null_answers == "auto" and any(not q.answerable for q in splits["train"])

@@ -41,10 +41,10 @@ import torch.nn.functional as F
 
 from lmforge.config import ConfigError
 from lmforge.data.document import DataError
+from lmforge.finetune.base import load_base_model, resolve_base
 from lmforge.finetune.instructions import Conversation, Format, read_conversations
 from lmforge.finetune.lora import LoRAConfig, apply_lora, load_adapters, merge_lora, save_adapters
 from lmforge.io import write_json_atomic
-from lmforge.model import build_model, model_config_from_dict, require_family
 from lmforge.model.gpt import GPT
 from lmforge.tokenizer.chat import (
     ChatTemplate,
@@ -53,13 +53,14 @@ from lmforge.tokenizer.chat import (
     save_chat_template,
     template_for_run,
 )
-from lmforge.tokenizer.tokenizer import Tokenizer, load_tokenizer
+from lmforge.tokenizer.tokenizer import Tokenizer
 from lmforge.train import checkpoint as ckpt
 from lmforge.train.schedule import ScheduleConfig, lr_factor
 
 log = logging.getLogger(__name__)
 
 IGNORE = -100  # target id that F.cross_entropy skips
+COMMAND = "lmforge finetune sft"
 BASE_FILE = "sft_base.json"  # an adapters-only run names its base run here
 
 
@@ -337,16 +338,6 @@ def qa_exact_match(
     }
 
 
-def _load_base(base: Path, init: str = "pretrained") -> tuple[GPT, Tokenizer, dict[str, Any]]:
-    ckpt_dir = ckpt.checkpoint_dir(base, "best")
-    config = ckpt.read_config(ckpt_dir)
-    require_family(config["model"], {"gpt"}, "lmforge finetune sft")
-    model = build_model(model_config_from_dict(config["model"]))
-    if init == "pretrained":
-        ckpt.load_model_weights(model, ckpt_dir / "model.safetensors")
-    return model, load_tokenizer(base / "tokenizer"), config
-
-
 def _template(cfg: SFTConfig, base: Path) -> ChatTemplate:
     if not cfg.chat_template:
         return template_for_run(base / "tokenizer")
@@ -389,7 +380,6 @@ def finetune_sft(
 ) -> dict[str, Any]:
     """Instruction-tune `from_run` (an lmforge run or a Hugging Face folder) on `data_file`;
     write the run into `out_dir` and return what eval.json holds."""
-    from lmforge.finetune.base import resolve_base
     from lmforge.train.trainer import resolve_device
 
     out = Path(out_dir)
@@ -397,7 +387,7 @@ def finetune_sft(
         raise ConfigError(f"{out} already holds a fine-tuned run; choose another --out")
     base = resolve_base(from_run, out)
     torch.manual_seed(cfg.seed)  # a scratch init is the same at every run
-    model, tokenizer, base_config = _load_base(base, cfg.init)
+    model, tokenizer, base_config = load_base_model(base, {"gpt"}, COMMAND, cfg.init)
     template = _template(cfg, base)
     train_convs, val_convs, summary = _split(
         cfg, Path(data_file), Path(val_file) if val_file else None
@@ -573,7 +563,7 @@ def load_sft_model(run_dir: str | Path, device: str | torch.device = "cpu") -> t
         base = Path(json.loads((run_dir / BASE_FILE).read_text("utf-8"))["base_run"])
     except (OSError, ValueError, KeyError) as e:
         raise ConfigError(f"{run_dir / BASE_FILE} is unreadable ({e})") from None
-    model, _, _ = _load_base(base)
+    model, _, _ = load_base_model(base, {"gpt"}, COMMAND)
     load_adapters(model, run_dir)
     merge_lora(model)
     return model.to(device).eval(), base
