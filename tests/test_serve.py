@@ -229,3 +229,103 @@ def test_requests_are_served_one_at_a_time_without_errors(base_url):
         t.join()
     assert [r.status_code for r in results] == [200] * 4
     assert len({r.json()["choices"][0]["text"] for r in results}) == 1
+
+
+# ---------------------------------------------------------------- chat
+
+
+def _chat_reference(run_dir: Path, messages: list[dict], max_new_tokens: int):
+    """What the library answers greedily to `messages` in the run's chat template."""
+    from lmforge.tokenizer.chat import encode_chat, template_for_run
+
+    run = load_run(run_dir, device="cpu")
+    template = template_for_run(run_dir / "tokenizer")
+    ids, _ = encode_chat(run.tokenizer, template, messages, add_generation_prompt=True)
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0)
+    return ids, complete(run.model, run.tokenizer, ids, cfg)
+
+
+CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who?"}]
+
+
+def test_chat_answers_in_the_runs_template(client, tiny_run):
+    out = client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=12, temperature=0)
+    assert out.object == "chat.completion" and out.id.startswith("chatcmpl-")
+    (choice,) = out.choices
+    assert choice.message.role == "assistant" and choice.index == 0
+    ids, want = _chat_reference(tiny_run, CHAT, 12)
+    assert choice.message.content == want.text and choice.finish_reason == want.finish_reason
+    assert out.usage.prompt_tokens == len(ids) and len(ids) > len("Be brief.Who?")
+    # "developer" is OpenAI's newer name for "system"; text parts are joined.
+    parts = [
+        {"role": "developer", "content": "Be brief."},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "Wh"}, {"type": "text", "text": "o?"}],
+        },
+    ]
+    again = client.chat.completions.create(
+        model=MODEL, messages=parts, max_tokens=12, temperature=0
+    )
+    assert again.choices[0].message.content == want.text
+
+
+def test_chat_stream_concatenates_to_the_same_answer(client):
+    kwargs = dict(model=MODEL, messages=CHAT, max_tokens=12, temperature=0)
+    whole = client.chat.completions.create(**kwargs)
+    chunks = list(
+        client.chat.completions.create(
+            **kwargs, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    with_choices = [c for c in chunks if c.choices]
+    assert with_choices[0].choices[0].delta.role == "assistant"
+    assert with_choices[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+    text = "".join(c.choices[0].delta.content or "" for c in with_choices)
+    assert text == whole.choices[0].message.content
+    assert chunks[-1].usage.prompt_tokens == whole.usage.prompt_tokens
+
+
+def test_chat_uses_a_template_saved_with_the_run(tiny_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "tokenizer" / "chat_template.jinja").write_text(
+        "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}"
+        "{% if add_generation_prompt %}[assistant] {% endif %}"
+    )
+    app = build_app(run, ServeConfig(model_name=MODEL, device="cpu"))
+    with serving(app) as url:
+        chat = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=30)
+        out = chat.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=8, temperature=0)
+    ids, want = _chat_reference(run, CHAT, 8)
+    # the char tokenizer: one id a character of the rendered template
+    assert (
+        out.usage.prompt_tokens == len(ids) == len("[system] Be brief.\n[user] Who?\n[assistant] ")
+    )
+    assert out.choices[0].message.content == want.text
+
+
+def test_chat_errors(client, http):
+    with pytest.raises(openai.BadRequestError, match="n=1"):
+        client.chat.completions.create(model=MODEL, messages=CHAT, n=2)
+    with pytest.raises(openai.BadRequestError, match="only text parts"):
+        client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}],
+        )
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "x" * 200}], max_tokens=4
+        )
+    assert e.value.code == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError, match=str(MAX_TOKENS_LIMIT)):
+        client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=1000)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="other", messages=CHAT)
+    r = http.post("/v1/chat/completions", json={"model": MODEL, "messages": []})
+    assert r.status_code == 400 and r.json()["error"]["param"].startswith("messages")
+    r = http.post("/v1/chat/completions", json={"messages": [{"role": "robot", "content": "x"}]})
+    assert r.status_code == 400 and "messages[0].role" in r.json()["error"]["message"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from lmforge.cli import _checkpoint_arg, command
 
@@ -49,16 +50,17 @@ def cmd_generate(a: argparse.Namespace) -> int:
     from lmforge.infer.load import load_run
     from lmforge.train.trainer import resolve_device
 
+    device = resolve_device(a.device)
     if a.chat:
-        return _generate_chat(a)
-    run = load_run(
-        a.run,
-        which=a.checkpoint,
-        device=resolve_device(a.device),
-        families={"gpt", "rnn"},
-        command="lmforge generate",
-    )
-    prepare_for_decoding(run.model)
+        model, tokenizer, prompt = _chat_prompt(a, device)
+    else:
+        run = load_run(
+            a.run, which=a.checkpoint, device=device, families={"gpt", "rnn"},
+            command="lmforge generate",
+        )  # fmt: skip
+        model, tokenizer, prompt = run.model, run.tokenizer, a.prompt
+        sys.stdout.write(a.prompt)
+    prepare_for_decoding(model)
     cfg = GenerationConfig(
         max_new_tokens=a.max_new_tokens,
         temperature=a.temperature,
@@ -68,8 +70,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
         seed=a.seed,
         use_cache=not a.no_cache,
     )
-    sys.stdout.write(a.prompt)
-    for piece in stream_text(run.model, run.tokenizer, a.prompt, cfg):
+    for piece in stream_text(model, tokenizer, prompt, cfg):
         if isinstance(piece, Completion):
             break
         sys.stdout.write(piece)
@@ -78,16 +79,14 @@ def cmd_generate(a: argparse.Namespace) -> int:
     return 0
 
 
-def _generate_chat(a: argparse.Namespace) -> int:
-    """`generate --chat`: the prompt as a user turn, in the run's own chat template."""
+def _chat_prompt(a: argparse.Namespace, device: Any) -> tuple[Any, Any, list[int]]:
+    """`generate --chat`: the model, its tokenizer and the ids of --prompt as a user turn (after
+    --system) in the run's own chat template, with the generation prompt."""
     from lmforge.finetune.sft import is_adapter_run, load_sft_model, prompt_ids
-    from lmforge.infer.generate import GenerationConfig, generate_ids, prepare_for_decoding
     from lmforge.infer.load import load_run
     from lmforge.tokenizer.chat import template_for_run
     from lmforge.tokenizer.tokenizer import load_tokenizer
-    from lmforge.train.trainer import resolve_device
 
-    device = resolve_device(a.device)
     if is_adapter_run(a.run):  # LoRA adapters saved without --merge
         model, _ = load_sft_model(a.run, device)
     else:
@@ -96,31 +95,10 @@ def _generate_chat(a: argparse.Namespace) -> int:
         ).model
     tokenizer = load_tokenizer(Path(a.run) / "tokenizer")
     template = template_for_run(Path(a.run) / "tokenizer")
-    prepare_for_decoding(model)
     messages = [{"role": "system", "content": a.system}] if a.system else []
     messages.append({"role": "user", "content": a.prompt})
-    cfg = GenerationConfig(
-        max_new_tokens=a.max_new_tokens,
-        temperature=a.temperature,
-        top_k=a.top_k,
-        top_p=a.top_p,
-        seed=a.seed,
-        use_cache=not a.no_cache,
-    )
     room = max(1, model.config.max_seq_len - a.max_new_tokens)
-    ids = prompt_ids(tokenizer, template, messages, room)
-    out = []
-    for token in generate_ids(
-        model, ids, cfg, eos_id=tokenizer.eos_ids, vocab_size=tokenizer.vocab_size
-    ):
-        if token in tokenizer.eos_ids:
-            break
-        out.append(token)
-    text = tokenizer.decode(out)
-    for stop in a.stop:
-        text = text.split(stop)[0] if stop else text
-    sys.stdout.write(text + "\n")
-    return 0
+    return model, tokenizer, prompt_ids(tokenizer, template, messages, room)
 
 
 def _serve_args(p: argparse.ArgumentParser) -> None:

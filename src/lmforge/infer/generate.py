@@ -21,7 +21,7 @@ generation ends at any of `Tokenizer.eos_ids`.
 from __future__ import annotations
 
 import codecs
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -203,16 +203,22 @@ def _held_back(text: str, stops: tuple[str, ...]) -> int:
 
 
 def stream_text(
-    model: GPT | RNNLM, tokenizer: Tokenizer, prompt: str, cfg: GenerationConfig
+    model: GPT | RNNLM,
+    tokenizer: Tokenizer,
+    prompt: str | Sequence[int],
+    cfg: GenerationConfig,
 ) -> Iterator[str | Completion]:
     """Yield text pieces as they become final, then the finished `Completion`.
 
-    A piece is final when no stop string can begin in it. Text is decoded from the tokens'
-    bytes by an incremental UTF-8 decoder, so a character split across tokens comes out
-    whole once its last byte arrives, and what was emitted never changes.
+    `prompt` is text, or ids already encoded (a conversation in a chat template:
+    `lmforge.tokenizer.chat.encode_chat`). A piece is final when no stop string can begin in
+    it. Text is decoded from the tokens' bytes by an incremental UTF-8 decoder, so a character
+    split across tokens comes out whole once its last byte arrives, and what was emitted never
+    changes.
     """
     # An empty prompt (and no BOS) starts after an EOS, as documents do in training.
-    prompt_ids = tokenizer.encode_prompt(prompt) or [tokenizer.eos_id]
+    encoded = tokenizer.encode_prompt(prompt) if isinstance(prompt, str) else list(prompt)
+    prompt_ids = encoded or [tokenizer.eos_id]
     stop_ids = set(tokenizer.eos_ids)
     new_ids: list[int] = []
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -252,9 +258,12 @@ def stream_text(
 
 
 def complete(
-    model: GPT | RNNLM, tokenizer: Tokenizer, prompt: str, cfg: GenerationConfig
+    model: GPT | RNNLM,
+    tokenizer: Tokenizer,
+    prompt: str | Sequence[int],
+    cfg: GenerationConfig,
 ) -> Completion:
-    """Generate to the end and return the whole completion."""
+    """Generate to the end and return the whole completion (`prompt`: text or ids)."""
     for item in stream_text(model, tokenizer, prompt, cfg):
         if isinstance(item, Completion):
             return item

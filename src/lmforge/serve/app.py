@@ -10,6 +10,13 @@ One model is loaded per server. Generation is CPU/GPU bound, so it runs in the t
 keep the event loop answering, and an asyncio lock lets one request generate at a time:
 two generations side by side would only fight for the same cores.
 
+`/v1/chat/completions` answers a conversation (`messages` of system, user and assistant turns,
+text content) in the run's own chat template (`tokenizer/chat_template.jinja`, written by
+`lmforge finetune sft` or `import hf`; lmforge's default template otherwise), encoded by
+`lmforge.tokenizer.chat.encode_chat` with the generation prompt: the same ids that fine-tuning
+put before each answer and that `lmforge generate --chat` sends, so a served model is asked in
+the format it was taught. Streaming sends OpenAI's `chat.completion.chunk` deltas.
+
 `logprobs` (0-5) and `echo` follow OpenAI's legacy format: `choices[].logprobs` holds
 `tokens`, `token_logprobs` (null for the prompt's first token, which nothing predicts),
 `top_logprobs` and `text_offset` (where each token starts in prompt + completion). With
@@ -30,7 +37,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -48,6 +55,7 @@ from lmforge.infer.generate import (
     stream_text,
 )
 from lmforge.infer.load import LoadedRun, load_run
+from lmforge.tokenizer.chat import ChatTemplateError, encode_chat, template_for_run
 from lmforge.train.trainer import resolve_device
 
 log = logging.getLogger(__name__)
@@ -133,6 +141,27 @@ class CompletionRequest(SamplingFields):
     suffix: str | None = None
 
 
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    # OpenAI's newer clients send "developer" where older ones send "system".
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatCompletionRequest(SamplingFields):
+    model: str | None = None  # None: the served model
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=0)
+    max_completion_tokens: int | None = Field(default=None, ge=0)  # OpenAI's newer name
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    n: int | None = Field(default=None, ge=1)
+    logprobs: bool | None = None
+    tools: list[Any] | None = None
+
+
 class GenerateRequest(SamplingFields):
     text: str
     max_new_tokens: int | None = Field(default=None, ge=0)
@@ -148,12 +177,39 @@ def _stops(stop: str | list[str] | None) -> tuple[str, ...]:
     return (stop,) if isinstance(stop, str) else tuple(stop)
 
 
+def _sse(obj: dict[str, Any]) -> str:
+    """One server-sent event carrying `obj` as JSON."""
+    return f"data: {json.dumps(obj)}\n\n"
+
+
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
+
+
+def _chat_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
+    """`{role, content}` dicts for the chat template: text parts joined, "developer" as
+    "system" (what chat templates know); other content (images, audio) is refused."""
+    out = []
+    for i, m in enumerate(messages):
+        content = m.content or ""
+        if not isinstance(content, str):
+            texts = []
+            for part in content:
+                if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                    raise APIError(
+                        400,
+                        f"messages[{i}].content has a part of type {part.get('type')!r}; only "
+                        "text parts are supported",
+                        param=f"messages[{i}].content",
+                    )
+                texts.append(part["text"])
+            content = "".join(texts)
+        out.append({"role": "system" if m.role == "developer" else m.role, "content": content})
+    return out
 
 
 def _validation_error(exc: RequestValidationError) -> APIError:
@@ -172,7 +228,9 @@ def _validation_error(exc: RequestValidationError) -> APIError:
     for err in errors:
         field = [p for p in err.get("loc", ()) if p != "body"]
         if field and isinstance(field[0], str):
-            seen.setdefault(field[0], err.get("msg", "invalid"))
+            # A nested field by its path: messages[0].role
+            name = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in field)[1:]
+            seen.setdefault(name, err.get("msg", "invalid"))
     message = "; ".join(f"{name}: {msg}" for name, msg in seen.items())
     return APIError(400, f"invalid request: {message}", param=loc[0])
 
@@ -185,6 +243,7 @@ def build_app(run_dir: str | Path, cfg: ServeConfig) -> FastAPI:
     )
     prepare_for_decoding(run.model)
     model, tokenizer = run.model, run.tokenizer
+    template = template_for_run(Path(run_dir) / "tokenizer")
     context = model.config.max_seq_len
     max_prompt = cfg.max_prompt_tokens or context
     created = int(run.checkpoint.stat().st_mtime)
@@ -260,7 +319,7 @@ def build_app(run_dir: str | Path, cfg: ServeConfig) -> FastAPI:
                 code="context_length_exceeded",
             )
 
-    async def generate(prompt: str, gen: GenerationConfig) -> Completion:
+    async def generate(prompt: str | list[int], gen: GenerationConfig) -> Completion:
         async with lock:
             return await run_in_threadpool(complete, model, tokenizer, prompt, gen)
 
@@ -369,29 +428,110 @@ def build_app(run_dir: str | Path, cfg: ServeConfig) -> FastAPI:
 
         include_usage = bool((body.stream_options or {}).get("include_usage"))
 
-        def sse(obj: dict[str, Any]) -> str:
-            return f"data: {json.dumps(obj)}\n\n"
-
         async def events() -> AsyncIterator[str]:
             prompt_tokens, completion_tokens = 0, 0
             # Held for the whole stream; released if the client goes away (the task is cancelled).
             async with lock:
                 for i, prompt in enumerate(prompts):
                     if body.echo and prompt:
-                        yield sse(envelope([choice(i, prompt, None)]))
+                        yield _sse(envelope([choice(i, prompt, None)]))
                     pieces = stream_text(model, tokenizer, prompt, gen)
                     while True:
                         item = await run_in_threadpool(_next_or_none, pieces)
                         if isinstance(item, Completion):
-                            yield sse(envelope([choice(i, "", item.finish_reason)]))
+                            yield _sse(envelope([choice(i, "", item.finish_reason)]))
                             prompt_tokens += item.prompt_tokens
                             completion_tokens += len(item.token_ids)
                             break
                         if item is None:
                             raise RuntimeError("stream_text ended without a Completion")
-                        yield sse(envelope([choice(i, item, None)]))
+                        yield _sse(envelope([choice(i, item, None)]))
             if include_usage:
-                yield sse({**envelope([]), "usage": _usage(prompt_tokens, completion_tokens)})
+                yield _sse({**envelope([]), "usage": _usage(prompt_tokens, completion_tokens)})
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(
+            events(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(body: ChatCompletionRequest) -> dict[str, Any] | StreamingResponse:
+        check_model(body.model)
+        if body.n not in (None, 1):
+            raise APIError(400, f"n is {body.n}; only n=1 is supported", param="n")
+        if body.logprobs:
+            raise APIError(
+                400, "logprobs is not supported for chat; use /v1/completions", param="logprobs"
+            )
+        if body.tools:
+            raise APIError(400, "tools are not supported", param="tools")
+        # OpenAI's chat API has no small default; this server answers up to its /generate
+        # default unless asked for more.
+        asked = body.max_completion_tokens if body.max_tokens is None else body.max_tokens
+        max_tokens = (
+            min(GENERATE_DEFAULT_MAX_TOKENS, cfg.max_tokens_limit) if asked is None else asked
+        )
+        param = "max_tokens" if body.max_tokens is not None else "max_completion_tokens"
+        gen = generation_config(body, max_tokens, _stops(body.stop), param)
+        messages = _chat_messages(body.messages)
+        try:
+            ids, _ = await run_in_threadpool(
+                encode_chat, tokenizer, template, messages, add_generation_prompt=True
+            )
+        except ChatTemplateError as e:
+            raise APIError(400, str(e), param="messages") from None
+        if len(ids) > max_prompt:
+            raise APIError(
+                400,
+                f"the conversation is {len(ids)} tokens in the chat template, more than this "
+                f"server's limit of {max_prompt} tokens; shorten it",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        now = int(time.time())
+
+        def envelope(obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
+            return {
+                "id": completion_id,
+                "object": obj,
+                "created": now,
+                "model": cfg.model_name,
+                "choices": choices,
+            }
+
+        if not body.stream:
+            done = await generate(ids, gen)
+            message = {"role": "assistant", "content": done.text}
+            choice = {"index": 0, "message": message, "logprobs": None}
+            return {
+                **envelope("chat.completion", [{**choice, "finish_reason": done.finish_reason}]),
+                "usage": _usage(done.prompt_tokens, len(done.token_ids)),
+            }
+
+        include_usage = bool((body.stream_options or {}).get("include_usage"))
+
+        def chunk(delta: dict[str, str], finish_reason: str | None = None) -> str:
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            return _sse(envelope("chat.completion.chunk", [choice]))
+
+        async def events() -> AsyncIterator[str]:
+            async with lock:  # held for the whole stream, as for /v1/completions
+                yield chunk({"role": "assistant", "content": ""})
+                pieces = stream_text(model, tokenizer, ids, gen)
+                while True:
+                    item = await run_in_threadpool(_next_or_none, pieces)
+                    if isinstance(item, Completion):
+                        yield chunk({}, item.finish_reason)
+                        break
+                    if item is None:
+                        raise RuntimeError("stream_text ended without a Completion")
+                    yield chunk({"content": item})
+            if include_usage:
+                usage = _usage(item.prompt_tokens, len(item.token_ids))
+                yield _sse({**envelope("chat.completion.chunk", []), "usage": usage})
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(
