@@ -14,6 +14,12 @@ does not depend on the tokenizer.
     python benchmarks/time_to_quality.py                 # char-level Tiny Shakespeare (~4 min)
     python benchmarks/time_to_quality.py --bpe           # also TinyStories and Wikipedia BPE
     python benchmarks/time_to_quality.py --budget 113    # a fixed budget instead
+    python benchmarks/time_to_quality.py --variants benchmarks/ttq_variants.json
+                                         # also variants of the fast recipe, same budget
+
+A variants file is a JSON object of name -> recipe overrides (`{"untied":
+{"model.tie_embeddings": false}}`); each variant is the fast recipe with those overrides,
+trained for the same budget on the character-level data, and reported under `variants`.
 
 Prints one JSON object.
 """
@@ -70,18 +76,41 @@ def run(recipe: Path, tokens: Path, out: Path, overrides: dict) -> dict:
     }
 
 
-def compare(name: str, tokens: Path, work: Path, budget: float | None, extra: dict) -> dict:
+def compare(
+    name: str,
+    tokens: Path,
+    work: Path,
+    budget: float | None,
+    extra: dict,
+    variants: dict[str, dict] | None = None,
+) -> dict:
     baseline = run(BASELINE, tokens, work / f"{name}-baseline", extra)
     seconds = budget or baseline["train_seconds"]
     fast = run(FAST, tokens, work / f"{name}-fast", {"train.max_time_s": seconds, **extra})
-    return {"budget_s": round(seconds, 1), "baseline": baseline, "fast": fast}
+    result = {"budget_s": round(seconds, 1), "baseline": baseline, "fast": fast}
+    if variants:
+        result["variants"] = {
+            v: {
+                "overrides": over,
+                **run(FAST, tokens, work / f"{name}-{i}", {"train.max_time_s": seconds, **over}),
+            }
+            for i, (v, over) in enumerate(variants.items())
+        }
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", type=float, help="seconds (default: the baseline's time)")
     parser.add_argument("--bpe", action="store_true", help="also TinyStories and Wikipedia BPE")
+    parser.add_argument(
+        "--variants",
+        type=Path,
+        help="JSON object: name -> overrides of the fast recipe, each trained for the same "
+        "budget on the character-level data",
+    )
     args = parser.parse_args()
+    variants = json.loads(args.variants.read_text()) if args.variants else None
     result: dict = {
         "benchmark": "time_to_quality",
         "date": time.strftime("%Y-%m-%d"),
@@ -92,7 +121,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         chars = make_tokens([corpus_path("tinyshakespeare")], work / "shakespeare", "char", 4096)
-        result["shakespeare_char"] = compare("char", chars, work, args.budget, {})
+        result["shakespeare_char"] = compare("char", chars, work, args.budget, {}, variants)
         if args.bpe:
             for name, files in (
                 ("tinystories_bpe", [SHARED / "tinystories" / "tinystories_validation_export.txt"]),
