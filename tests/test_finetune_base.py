@@ -1,4 +1,5 @@
-"""`resolve_base`: where every `lmforge finetune <task> --from X` starts.
+"""`resolve_base`: where every `lmforge finetune <task> --from X` starts; `fit`, the step loop
+of classification and QA.
 
 A run directory is used as it is; a Hugging Face folder (GPT-2, Llama, BERT) is imported once
 into `<out>/base` and reused; anything else is a clear error. The HF folders are written by
@@ -123,3 +124,39 @@ def test_missing_unsupported_and_unknown_sources_are_named(hf_dirs, tmp_path):
     (tmp_path / "half" / "checkpoints").mkdir(parents=True)
     with pytest.raises(BaseModelError, match="neither an lmforge run"):
         resolve_base(tmp_path / "half", tmp_path / "ft")
+
+
+def test_fit_keeps_the_best_validated_step_and_stops_on_nan(tmp_path):
+    from lmforge.finetune.base import fit
+
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 3), torch.randn(64, 1)
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.AdamW([{"params": model.parameters(), "lr": 0.1, "initial_lr": 0.1}])
+    weights_at, scores = {}, iter([0.1, 0.9, 0.5, 0.2])  # the 2nd validation scores best
+
+    def batch_loss(chunk):
+        return torch.nn.functional.mse_loss(model(x[chunk]), y[chunk])
+
+    def validate():
+        weights_at[len(weights_at) + 1] = model.weight.detach().clone()
+        return {"score": next(scores)}
+
+    common = dict(
+        n_examples=64, epochs=2, batch_size=16, warmup_fraction=0.0, grad_clip=1.0,
+        evals_per_epoch=2, seed=0, keep_best="score", metrics_path=tmp_path / "m.jsonl",
+        progress=False, desc="t",
+    )  # fmt: skip
+    fitted = fit(model, optimizer, batch_loss, validate=validate, **common)
+    assert fitted.steps == 8 and fitted.best_step == 4  # validations at steps 2, 4, 6, 8
+    assert torch.equal(model.weight, weights_at[2])
+    lines = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == list(range(1, 9))
+    assert [r.get("val_score") for r in lines[1::2]] == [0.1, 0.9, 0.5, 0.2]
+    assert lines[-1]["loss"] < lines[0]["loss"]
+
+    before = model.weight.detach().clone()
+    with pytest.raises(FloatingPointError, match="loss became nan at step 1"):
+        fit(model, optimizer, lambda chunk: batch_loss(chunk) * float("nan"), validate=None,
+            **common)  # fmt: skip
+    assert torch.equal(model.weight, before)

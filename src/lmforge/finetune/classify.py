@@ -25,10 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import random
 import shutil
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -41,13 +38,12 @@ from torch import nn
 from lmforge.config import ConfigError
 from lmforge.data.document import DataError
 from lmforge.finetune import labeled
-from lmforge.finetune.base import load_base_model, resolve_base
+from lmforge.finetune.base import fit, load_base_model, resolve_base
 from lmforge.finetune.lora import LoRAConfig, apply_lora, merge_lora, save_adapters
 from lmforge.io import atomic_path, write_json_atomic, write_text_atomic
 from lmforge.model import build_model, family_of, model_config_from_dict
 from lmforge.tokenizer.tokenizer import Tokenizer, load_tokenizer
 from lmforge.train import checkpoint as ckpt
-from lmforge.train.schedule import ScheduleConfig, lr_factor
 
 log = logging.getLogger(__name__)
 
@@ -325,15 +321,7 @@ def finetune_classifier(
     if body_params:
         groups.append({"params": body_params, "lr": cfg.lr, "initial_lr": cfg.lr})
     optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train_ids) / cfg.batch_size)
-    total_steps = max(1, round(cfg.epochs * steps_per_epoch))
-    schedule = ScheduleConfig(
-        kind="linear", warmup_steps=int(cfg.warmup_fraction * total_steps), min_lr_ratio=0.0
-    )
-    eval_every = max(1, steps_per_epoch // cfg.evals_per_epoch)
     out.mkdir(parents=True, exist_ok=True)
-    metrics_path = out / "metrics.jsonl"
-    metrics_path.write_text("", encoding="utf-8")
 
     def evaluate(name: str) -> dict[str, Any]:
         seqs, gold = data[name]
@@ -342,62 +330,29 @@ def finetune_classifier(
         result["loss"] = float(F.nll_loss(probs.clamp_min(1e-12).log(), torch.tensor(gold)))
         return result
 
-    rng = random.Random(cfg.seed)
-    order: list[int] = []
-    best_state, best_score, best_step = None, -1.0, 0
-    model.train()
-    t0 = time.perf_counter()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    def batch_loss(chunk: list[int]) -> torch.Tensor:
+        ids, lengths = _batch([train_ids[i] for i in chunk], pad, device)
+        y = torch.tensor([train_y[i] for i in chunk], device=device)
+        return F.cross_entropy(model(ids, lengths).float(), y, weight=weights)
 
-        bar = tqdm(total=total_steps, desc="finetune", unit="step", mininterval=1.0)
-    try:
-        for step in range(total_steps):
-            if not order:
-                order = list(range(len(train_ids)))
-                rng.shuffle(order)
-            chunk, order = order[: cfg.batch_size], order[cfg.batch_size :]
-            ids, lengths = _batch([train_ids[i] for i in chunk], pad, device)
-            y = torch.tensor([train_y[i] for i in chunk], device=device)
-            factor = lr_factor(step, total_steps, schedule)
-            for group in optimizer.param_groups:
-                group["lr"] = group["initial_lr"] * factor
-            loss = F.cross_entropy(model(ids, lengths).float(), y, weight=weights)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"loss became {loss.item()} at step {step + 1}; lower lr")
-            record: dict[str, Any] = {"step": step + 1, "loss": loss.item()}
-            if (step + 1) % eval_every == 0 or step + 1 == total_steps:
-                if data["val"][0]:
-                    val = evaluate("val")
-                    record |= {"val_loss": val["loss"], "val_accuracy": val["accuracy"]}
-                    record["val_macro_f1"] = val["macro_f1"]
-                    if val["macro_f1"] > best_score:
-                        best_score, best_step = val["macro_f1"], step + 1
-                        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                if bar is not None:
-                    bar.set_postfix(loss=f"{loss.item():.3f}", val_f1=f"{best_score:.3f}")
-            with metrics_path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-    train_s = time.perf_counter() - t0
-    if best_state is not None:  # the checkpoint with the best validation macro F1
-        model.load_state_dict(best_state)
+    def validate() -> dict[str, float]:
+        val = evaluate("val")
+        return {k: val[k] for k in ("loss", "accuracy", "macro_f1")}
+
+    # The weights kept are those of the step with the best validation macro F1.
+    fitted = fit(
+        model, optimizer, batch_loss, n_examples=len(train_ids), epochs=cfg.epochs,
+        batch_size=cfg.batch_size, warmup_fraction=cfg.warmup_fraction, grad_clip=cfg.grad_clip,
+        evals_per_epoch=cfg.evals_per_epoch, seed=cfg.seed,
+        validate=validate if data["val"][0] else None, keep_best="macro_f1",
+        metrics_path=out / "metrics.jsonl", progress=progress, desc="finetune",
+    )  # fmt: skip
     result: dict[str, Any] = {
         "labels": labels,
         "train_examples": len(train_ids),
-        "steps": total_steps,
-        "best_step": best_step or total_steps,
-        "train_seconds": round(train_s, 1),
+        "steps": fitted.steps,
+        "best_step": fitted.best_step,
+        "train_seconds": round(fitted.train_seconds, 1),
         "init": cfg.init,
         "from": str(from_run),
         "data": audit,

@@ -23,10 +23,8 @@ head), `qa.json`, the tokenizer, `metrics.jsonl`, `eval.json`, `report.md` and
 from __future__ import annotations
 
 import json
-import math
 import random
 import shutil
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -39,12 +37,11 @@ from torch import nn
 from lmforge.config import ConfigError
 from lmforge.data.document import DataError
 from lmforge.finetune import squad
-from lmforge.finetune.base import load_base_model, resolve_base
+from lmforge.finetune.base import fit, load_base_model, resolve_base
 from lmforge.io import atomic_path, write_json_atomic, write_text_atomic
 from lmforge.model import build_model, model_config_from_dict
 from lmforge.tokenizer.tokenizer import Tokenizer, load_tokenizer
 from lmforge.train import checkpoint as ckpt
-from lmforge.train.schedule import ScheduleConfig, lr_factor
 
 
 @dataclass(kw_only=True)
@@ -233,15 +230,7 @@ def finetune_qa(
     ]
     optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     train = feats["train"]
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    total_steps = max(1, round(cfg.epochs * steps_per_epoch))
-    schedule = ScheduleConfig(
-        kind="linear", warmup_steps=int(cfg.warmup_fraction * total_steps), min_lr_ratio=0.0
-    )
-    eval_every = max(1, steps_per_epoch // cfg.evals_per_epoch)
     out.mkdir(parents=True, exist_ok=True)
-    metrics_path = out / "metrics.jsonl"
-    metrics_path.write_text("", encoding="utf-8")
 
     def spans(name: str) -> list[dict[str, Any]]:
         s, e = _logits(model, feats[name], pad)
@@ -249,58 +238,27 @@ def finetune_qa(
             splits[name], feats[name], s, e, n_best=cfg.n_best, max_answer_len=cfg.max_answer_len
         )
 
-    rng = random.Random(cfg.seed)
-    order: list[int] = []
-    best_state, best_f1, best_step = None, -1.0, 0
-    model.train()
-    t0 = time.perf_counter()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    def batch_loss(chunk: list[int]) -> torch.Tensor:
+        batch = [train[i] for i in chunk]
+        start_logits, end_logits = model(*_batch(batch, pad, device))
+        ys = torch.tensor([f.start for f in batch], device=device)
+        ye = torch.tensor([f.end for f in batch], device=device)
+        return (F.cross_entropy(start_logits, ys) + F.cross_entropy(end_logits, ye)) / 2
 
-        bar = tqdm(total=total_steps, desc="finetune qa", unit="step", mininterval=1.0)
-    try:
-        for step in range(total_steps):
-            if not order:
-                order = list(range(len(train)))
-                rng.shuffle(order)
-            chunk, order = order[: cfg.batch_size], order[cfg.batch_size :]
-            batch = [train[i] for i in chunk]
-            factor = lr_factor(step, total_steps, schedule)
-            for group in optimizer.param_groups:
-                group["lr"] = group["initial_lr"] * factor
-            start_logits, end_logits = model(*_batch(batch, pad, device))
-            ys = torch.tensor([f.start for f in batch], device=device)
-            ye = torch.tensor([f.end for f in batch], device=device)
-            loss = (F.cross_entropy(start_logits, ys) + F.cross_entropy(end_logits, ye)) / 2
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"loss became {loss.item()} at step {step + 1}; lower lr")
-            record: dict[str, Any] = {"step": step + 1, "loss": loss.item()}
-            if splits["val"] and ((step + 1) % eval_every == 0 or step + 1 == total_steps):
-                val_spans = spans("val")
-                threshold = squad.best_null_threshold(splits["val"], val_spans) if null else None
-                val = squad.score(splits["val"], squad.predictions(val_spans, threshold))
-                record |= {"val_exact_match": val["exact_match"], "val_f1": val["f1"]}
-                if val["f1"] > best_f1:
-                    best_f1, best_step = val["f1"], step + 1
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                if bar is not None:
-                    bar.set_postfix(loss=f"{loss.item():.3f}", val_f1=f"{best_f1:.1f}")
-            with metrics_path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-    train_s = time.perf_counter() - t0
-    if best_state is not None:  # the step with the best validation F1
-        model.load_state_dict(best_state)
+    def validate() -> dict[str, float]:
+        val_spans = spans("val")
+        threshold = squad.best_null_threshold(splits["val"], val_spans) if null else None
+        val = squad.score(splits["val"], squad.predictions(val_spans, threshold))
+        return {"exact_match": val["exact_match"], "f1": val["f1"]}
+
+    # The weights kept are those of the step with the best validation F1.
+    fitted = fit(
+        model, optimizer, batch_loss, n_examples=len(train), epochs=cfg.epochs,
+        batch_size=cfg.batch_size, warmup_fraction=cfg.warmup_fraction, grad_clip=cfg.grad_clip,
+        evals_per_epoch=cfg.evals_per_epoch, seed=cfg.seed,
+        validate=validate if splits["val"] else None, keep_best="f1",
+        metrics_path=out / "metrics.jsonl", progress=progress, desc="finetune qa",
+    )  # fmt: skip
 
     threshold = None
     if null:
@@ -310,9 +268,9 @@ def finetune_qa(
     result: dict[str, Any] = {
         "train_questions": len(splits["train"]),
         "train_windows": len(train),
-        "steps": total_steps,
-        "best_step": best_step or total_steps,
-        "train_seconds": round(train_s, 1),
+        "steps": fitted.steps,
+        "best_step": fitted.best_step,
+        "train_seconds": round(fitted.train_seconds, 1),
         "init": cfg.init,
         "from": str(from_run),
         "null_answers": null,
