@@ -329,3 +329,15 @@ def test_fine_tuning_from_a_hugging_face_marian_folder(tmp_path):
     # trained model's val loss, far below the first epoch of training from scratch.
     assert ft["history"][0]["val_loss"] < first["history"][0]["val_loss"] - 0.8, (ft, first)
     assert ft["history"][0]["val_loss"] < first["best_val_loss"] + 0.2, (ft, first)
+
+
+def test_a_non_finite_loss_stops_training_before_the_weights_change(tmp_path, monkeypatch):
+    from lmforge.model.seq2seq import Seq2Seq
+
+    train = _reverse_task(tmp_path / "train.jsonl", 40, 0)
+    loss = Seq2Seq.loss
+    monkeypatch.setattr(Seq2Seq, "loss", lambda self, *a: loss(self, *a) * float("nan"))
+    cfg = Seq2SeqTuneConfig(init="scratch", model=TINY, vocab_size=300, epochs=1, max_len=12)
+    with pytest.raises(FloatingPointError, match="loss became nan at step 1"):
+        finetune_seq2seq(cfg, train, tmp_path / "o", progress=False)
+    assert not (tmp_path / "o" / "checkpoints").exists()

@@ -655,6 +655,8 @@ def finetune_seq2seq(
             for group in optimizer.param_groups:
                 group["lr"] = group["initial_lr"] * factor
             loss = model.loss(src, tgt_in, tgt_out)
+            if not math.isfinite(loss.item()):  # stop before it reaches the weights
+                raise FloatingPointError(f"loss became {loss.item()} at step {step + 1}; lower lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
