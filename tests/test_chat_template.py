@@ -14,6 +14,7 @@ from lmforge.tokenizer.chat import (
     save_chat_template,
     special_tokens,
     template_for_run,
+    turn_end,
 )
 from lmforge.tokenizer.tokenizer import TokenizerConfig, train_tokenizer
 
@@ -217,3 +218,15 @@ def test_template_that_is_not_prefix_stable_needs_markers(tok):
     t = ChatTemplate("{{ messages|length }}" + DEFAULT_TEMPLATE, origin="odd.jinja")
     with pytest.raises(ChatTemplateError, match="generation"):
         encode_chat(tok, t, MESSAGES)
+
+
+def test_turn_end_is_a_stop_only_where_a_turn_ends_in_text(tok):
+    # The default, Zephyr and the marked templates end an answer with the EOS token: generation
+    # stops there by id. ChatML's <|im_end|> is text to this vocabulary: it must be a stop.
+    for source in (DEFAULT_TEMPLATE, ZEPHYR, MARKED):
+        assert turn_end(ChatTemplate(source), tok) is None, source
+    assert turn_end(ChatTemplate(CHATML), tok) == "<|im_end|>"
+    # A template that ends turns in nothing but a newline gives no stop.
+    assert (
+        turn_end(ChatTemplate("{% for m in messages %}{{ m.content }}\n{% endfor %}"), tok) is None
+    )

@@ -329,3 +329,31 @@ def test_chat_errors(client, http):
     assert r.status_code == 400 and r.json()["error"]["param"].startswith("messages")
     r = http.post("/v1/chat/completions", json={"messages": [{"role": "robot", "content": "x"}]})
     assert r.status_code == 400 and "messages[0].role" in r.json()["error"]["message"]
+
+
+def test_chat_stops_where_the_template_ends_a_turn_in_text(tiny_run, tmp_path, monkeypatch):
+    import shutil
+
+    import lmforge.serve.app as served
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "tokenizer" / "chat_template.jinja").write_text(
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    seen = []
+    real = served.complete
+
+    def spy(model, tokenizer, prompt, gen):
+        seen.append(gen.stop)
+        return real(model, tokenizer, prompt, gen)
+
+    monkeypatch.setattr(served, "complete", spy)
+    with serving(build_app(run, ServeConfig(model_name=MODEL, device="cpu"))) as url:
+        chat = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=30)
+        hi = [{"role": "user", "content": "Hi"}]  # 52 ChatML tokens, within 64
+        chat.chat.completions.create(model=MODEL, messages=hi, max_tokens=4, stop=["zz"])
+        chat.completions.create(model=MODEL, prompt="ROMEO:", max_tokens=4)
+    # The chat turn ends at <|im_end|> (text to this char vocabulary); plain completions do not.
+    assert seen == [("zz", "<|im_end|>"), ()]

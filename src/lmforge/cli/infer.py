@@ -51,8 +51,10 @@ def cmd_generate(a: argparse.Namespace) -> int:
     from lmforge.train.trainer import resolve_device
 
     device = resolve_device(a.device)
+    stops = tuple(a.stop)
     if a.chat:
-        model, tokenizer, prompt = _chat_prompt(a, device)
+        model, tokenizer, prompt, end = _chat_prompt(a, device)
+        stops += (end,) if end else ()
     else:
         run = load_run(
             a.run, which=a.checkpoint, device=device, families={"gpt", "rnn"},
@@ -66,7 +68,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
         temperature=a.temperature,
         top_k=a.top_k,
         top_p=a.top_p,
-        stop=tuple(a.stop),
+        stop=stops,
         seed=a.seed,
         use_cache=not a.no_cache,
     )
@@ -79,12 +81,13 @@ def cmd_generate(a: argparse.Namespace) -> int:
     return 0
 
 
-def _chat_prompt(a: argparse.Namespace, device: Any) -> tuple[Any, Any, list[int]]:
-    """`generate --chat`: the model, its tokenizer and the ids of --prompt as a user turn (after
-    --system) in the run's own chat template, with the generation prompt."""
+def _chat_prompt(a: argparse.Namespace, device: Any) -> tuple[Any, Any, list[int], str | None]:
+    """`generate --chat`: the model, its tokenizer, the ids of --prompt as a user turn (after
+    --system) in the run's own chat template with the generation prompt, and the text that
+    ends an assistant turn where it is not an EOS token."""
     from lmforge.finetune.sft import is_adapter_run, load_sft_model, prompt_ids
     from lmforge.infer.load import load_run
-    from lmforge.tokenizer.chat import template_for_run
+    from lmforge.tokenizer.chat import template_for_run, turn_end
     from lmforge.tokenizer.tokenizer import load_tokenizer
 
     if is_adapter_run(a.run):  # LoRA adapters saved without --merge
@@ -98,7 +101,8 @@ def _chat_prompt(a: argparse.Namespace, device: Any) -> tuple[Any, Any, list[int
     messages = [{"role": "system", "content": a.system}] if a.system else []
     messages.append({"role": "user", "content": a.prompt})
     room = max(1, model.config.max_seq_len - a.max_new_tokens)
-    return model, tokenizer, prompt_ids(tokenizer, template, messages, room)
+    ids = prompt_ids(tokenizer, template, messages, room)
+    return model, tokenizer, ids, turn_end(template, tokenizer)
 
 
 def _serve_args(p: argparse.ArgumentParser) -> None:

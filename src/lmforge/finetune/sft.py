@@ -52,6 +52,7 @@ from lmforge.tokenizer.chat import (
     encode_chat,
     save_chat_template,
     template_for_run,
+    turn_end,
 )
 from lmforge.tokenizer.tokenizer import Tokenizer
 from lmforge.train import checkpoint as ckpt
@@ -287,20 +288,17 @@ def answer(
     messages: list[dict[str, str]],
     max_new_tokens: int,
 ) -> str:
-    """The model's greedy answer to a conversation that ends with a user turn."""
-    from lmforge.infer.generate import GenerationConfig, generate_ids
+    """The model's greedy answer to a conversation that ends with a user turn, decoded as
+    `generate --chat` and the server decode it (up to an EOS or the template's turn end)."""
+    from lmforge.infer.generate import GenerationConfig, complete
 
     room = max(1, model.config.max_seq_len - max_new_tokens)
     ids = prompt_ids(tokenizer, template, messages, room)
-    cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0)
-    out = [
-        t
-        for t in generate_ids(
-            model, ids, cfg, eos_id=tokenizer.eos_ids, vocab_size=tokenizer.vocab_size
-        )
-        if t not in tokenizer.eos_ids
-    ]
-    return tokenizer.decode(out)
+    end = turn_end(template, tokenizer)
+    cfg = GenerationConfig(
+        max_new_tokens=max_new_tokens, temperature=0.0, stop=(end,) if end else ()
+    )
+    return complete(model, tokenizer, ids, cfg).text
 
 
 def qa_exact_match(

@@ -15,7 +15,9 @@ text content) in the run's own chat template (`tokenizer/chat_template.jinja`, w
 `lmforge finetune sft` or `import hf`; lmforge's default template otherwise), encoded by
 `lmforge.tokenizer.chat.encode_chat` with the generation prompt: the same ids that fine-tuning
 put before each answer and that `lmforge generate --chat` sends, so a served model is asked in
-the format it was taught. Streaming sends OpenAI's `chat.completion.chunk` deltas.
+the format it was taught; where the template ends a turn in text rather than an EOS token,
+the answer stops at that text (`turn_end`). Streaming sends OpenAI's `chat.completion.chunk`
+deltas.
 
 `logprobs` (0-5) and `echo` follow OpenAI's legacy format: `choices[].logprobs` holds
 `tokens`, `token_logprobs` (null for the prompt's first token, which nothing predicts),
@@ -55,7 +57,7 @@ from lmforge.infer.generate import (
     stream_text,
 )
 from lmforge.infer.load import LoadedRun, load_run
-from lmforge.tokenizer.chat import ChatTemplateError, encode_chat, template_for_run
+from lmforge.tokenizer.chat import ChatTemplateError, encode_chat, template_for_run, turn_end
 from lmforge.train.trainer import resolve_device
 
 log = logging.getLogger(__name__)
@@ -244,6 +246,8 @@ def build_app(run_dir: str | Path, cfg: ServeConfig) -> FastAPI:
     prepare_for_decoding(run.model)
     model, tokenizer = run.model, run.tokenizer
     template = template_for_run(Path(run_dir) / "tokenizer")
+    # A turn that ends in text rather than an EOS id ends the answer as a stop string would.
+    chat_stops = tuple(filter(None, [turn_end(template, tokenizer)]))
     context = model.config.max_seq_len
     max_prompt = cfg.max_prompt_tokens or context
     created = int(run.checkpoint.stat().st_mtime)
@@ -474,7 +478,7 @@ def build_app(run_dir: str | Path, cfg: ServeConfig) -> FastAPI:
             min(GENERATE_DEFAULT_MAX_TOKENS, cfg.max_tokens_limit) if asked is None else asked
         )
         param = "max_tokens" if body.max_tokens is not None else "max_completion_tokens"
-        gen = generation_config(body, max_tokens, _stops(body.stop), param)
+        gen = generation_config(body, max_tokens, _stops(body.stop) + chat_stops, param)
         messages = _chat_messages(body.messages)
         try:
             ids, _ = await run_in_threadpool(

@@ -221,6 +221,29 @@ def save_chat_template(template: ChatTemplate | str, tokenizer_dir: str | Path) 
     return path
 
 
+def turn_end(template: ChatTemplate, tokenizer: Tokenizer) -> str | None:
+    """The text the template puts after an assistant's message, as a stop string, unless it is
+    (or begins with) an end-of-generation token, where generation stops anyway.
+
+    A template that ends turns in text (ChatML's `<|im_end|>` spelled in a vocabulary that has
+    no such token) teaches the model to write that text; without this stop, generation would
+    run on into a made-up next turn.
+    """
+    mark = "\ue004"  # private use: never in a template's own text
+    messages = [{"role": "user", "content": "?"}, {"role": "assistant", "content": mark}]
+    try:
+        text = template._render(messages, False, special_tokens(tokenizer), None, {})
+    except ChatTemplateError:
+        return None  # a template that cannot render this pair has no one turn end to read
+    if text.count(mark) != 1:
+        return None
+    end = text.split(mark, 1)[1].strip()
+    ends = {tokenizer.id_to_token(i) for i in tokenizer.eos_ids} - {None}
+    if not end or any(end.startswith(e) for e in ends):
+        return None
+    return end
+
+
 def special_tokens(tokenizer: Tokenizer) -> dict[str, str]:
     """`bos_token`, `eos_token`, ... for the template context (as transformers passes them)."""
     return {f"{role}_token": text for role, text in tokenizer.special_roles.items() if text}
