@@ -157,14 +157,28 @@ def cmd_translate(a: argparse.Namespace) -> int:
     return 0
 
 
+def _sources_and_references(a: argparse.Namespace, run: Any, usage: str) -> tuple[str, str]:
+    """--src and --ref as given, or the source and target files of the run's own --split."""
+    from lmforge.data.pairs import read_pairs_meta
+    from lmforge.train.trainer import resolve_tokens_dir
+
+    if bool(a.src) != bool(a.ref):
+        raise ValueError(f"--src and --ref go together: give {usage}, or neither for the split")
+    if a.src:
+        return a.src, a.ref
+    meta = read_pairs_meta(resolve_tokens_dir(run.config["data"]["tokens"], Path(a.run)))
+    if a.split not in meta["splits"]:
+        raise ValueError(f"the run's pairs have no {a.split!r} split; pass {usage}")
+    return meta["splits"][a.split]["source"], meta["splits"][a.split]["target"]
+
+
 def eval_bleu(a: argparse.Namespace) -> int:
     """`lmforge eval RUN --bleu`: BLEU and chrF on a source file against its references."""
-    from lmforge.data.pairs import read_pairs_meta
     from lmforge.eval.report import record_eval
     from lmforge.infer.load import load_run
     from lmforge.infer.translate import score_translation
     from lmforge.io import write_text_atomic
-    from lmforge.train.trainer import resolve_device, resolve_tokens_dir
+    from lmforge.train.trainer import resolve_device
 
     run = load_run(
         a.run,
@@ -173,16 +187,7 @@ def eval_bleu(a: argparse.Namespace) -> int:
         families={"seq2seq"},
         command="lmforge eval --bleu",
     )
-    src, ref = a.src, a.ref
-    if bool(src) != bool(ref):
-        raise ValueError("--src and --ref go together: give both, or neither to use the split")
-    if not src:
-        meta = read_pairs_meta(resolve_tokens_dir(run.config["data"]["tokens"], Path(a.run)))
-        if a.split not in meta["splits"]:
-            raise ValueError(
-                f"the run's pairs have no {a.split!r} split; pass --src FILE --ref FILE"
-            )
-        src, ref = meta["splits"][a.split]["source"], meta["splits"][a.split]["target"]
+    src, ref = _sources_and_references(a, run, "--src FILE --ref FILE")
     result = score_translation(
         run,
         src,
@@ -219,7 +224,7 @@ def eval_bleu(a: argparse.Namespace) -> int:
 def eval_rouge(a: argparse.Namespace) -> int:
     """`lmforge eval RUN --rouge`: BLEU, chrF and ROUGE-1/2/L of a seq2seq run's outputs for a
     JSONL file (one or several reference fields), a --src/--ref pair, or the run's split."""
-    from lmforge.data.pairs import read_pairs_meta, read_parallel
+    from lmforge.data.pairs import read_parallel
     from lmforge.eval.report import record_eval
     from lmforge.finetune.seq2seq import (
         Example,
@@ -229,7 +234,7 @@ def eval_rouge(a: argparse.Namespace) -> int:
     )
     from lmforge.infer.load import load_run
     from lmforge.io import write_text_atomic
-    from lmforge.train.trainer import resolve_device, resolve_tokens_dir
+    from lmforge.train.trainer import resolve_device
 
     run = load_run(
         a.run,
@@ -244,15 +249,7 @@ def eval_rouge(a: argparse.Namespace) -> int:
         examples, _ = read_seq2seq_jsonl(src, a.source_field, fields)
         ref = ",".join(fields)
     else:
-        if bool(src) != bool(ref):
-            raise ValueError("--src and --ref go together (or --src FILE.jsonl alone)")
-        if not src:
-            meta = read_pairs_meta(resolve_tokens_dir(run.config["data"]["tokens"], Path(a.run)))
-            if a.split not in meta["splits"]:
-                raise ValueError(
-                    f"the run's pairs have no {a.split!r} split; pass --src FILE.jsonl"
-                )
-            src, ref = meta["splits"][a.split]["source"], meta["splits"][a.split]["target"]
+        src, ref = _sources_and_references(a, run, "--src FILE.jsonl, or --src FILE --ref FILE")
         pairs, _, lines = read_parallel(src, ref)
         examples = [Example(source=s, references=[r], line=n) for (s, r), n in zip(pairs, lines)]
     cfg = Seq2SeqTuneConfig(
