@@ -114,3 +114,15 @@ def tiny_run(tmp_path_factory, tiny_tokens) -> Path:
     cfg = load_run_config(None, {"data.tokens": str(tiny_tokens), **TINY_OVERRIDES})
     train(cfg, run_dir, progress=False)
     return run_dir
+
+
+def perturb(model, seed: int = 0) -> None:
+    """Move every 1-D parameter (biases, norm gains) off its init, so parity tests compare
+    weights that a mapping could not get right by leaving zeros and ones in place."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn(p.shape, generator=gen))

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import perturb
 from lmforge.config import to_dict
 from lmforge.corpora import corpus_path
 from lmforge.model.gpt import GPT, GPTConfig
@@ -43,14 +44,6 @@ def text() -> str:
 @pytest.fixture(scope="module")
 def bpe(text) -> Tokenizer:
     return train_tokenizer([text], TokenizerConfig(kind="bpe", vocab_size=320))
-
-
-def perturb(model: torch.nn.Module, seed: int = 0) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 1:
-                p.add_(0.1 * torch.randn(p.shape, generator=gen))
 
 
 def make_run(root: Path, tok: Tokenizer, **model_kw) -> tuple[Path, GPT]:
