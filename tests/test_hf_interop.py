@@ -620,6 +620,11 @@ def test_gguf_loads_in_transformers_with_our_logits(case, dtype, bpe, tmp_path):
              "model.mlp='relu2': Llama has mlp='swiglu'"],
         ),
         (dict(LLAMA, bias=True), ["model.bias=True: Llama has no biases"]),
+        (
+            dict(LLAMA, canon_kernel=3),
+            ["model.canon_kernel=3: Llama has no Canon layers", "train with model.canon_kernel=0",
+             "model.canon_kernel=3: GPT-2 has canon_kernel=0"],
+        ),
         (dict(pos_emb="sinusoidal"), ["model.pos_emb='sinusoidal'"]),
     ],
 )  # fmt: skip

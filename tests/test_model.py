@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 
+from conftest import perturb
 from lmforge.infer.generate import GenerationConfig, generate_ids
 from lmforge.model.gpt import GPT, GPTConfig
 from lmforge.train.checkpoint import CheckpointError, load_model_weights, save_checkpoint
@@ -57,12 +58,15 @@ VARIANTS = {
                   tie_embeddings=False),
     "xavier": dict(init="xavier"),
     "kaiming": dict(init="kaiming"),
+    "canon": dict(pos_emb="rope", norm="rmsnorm", qk_norm=True, mlp="swiglu", bias=False,
+                  canon_kernel=3),
 }  # fmt: skip
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_kv_cache_matches_full_forward(variant):
     model = tiny(**VARIANTS[variant])
+    perturb(model)  # Canon taps start at zero: the cache must carry real state to pass
     idx = torch.randint(0, 50, (2, 20))
     full = model(idx)
     assert full.shape == (2, 20, 50)
@@ -77,6 +81,7 @@ def test_kv_cache_matches_full_forward(variant):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_greedy_generation_cached_equals_uncached_per_variant(variant):
     model = tiny(**VARIANTS[variant])
+    perturb(model)
     greedy = dict(max_new_tokens=18, temperature=0.0, stop_at_eos=False)
     cached = list(generate_ids(model, [1, 2, 3], GenerationConfig(**greedy)))
     uncached = list(generate_ids(model, [1, 2, 3], GenerationConfig(**greedy, use_cache=False)))
@@ -92,6 +97,30 @@ def test_variant_modules_and_checkpoint_keys():
     qk = tiny(**VARIANTS["rmsnorm-qknorm"])
     assert {"blocks.0.attn.q_norm.weight", "blocks.0.attn.k_norm.weight"} <= set(qk.state_dict())
     assert "pos_table" not in tiny(pos_emb="sinusoidal").state_dict()  # fixed, not saved
+
+
+def test_canon_layers_start_as_the_identity_and_mix_only_past_positions():
+    from lmforge.model.layers import CanonConv
+
+    plain, canon = tiny(**VARIANTS["llama"]), tiny(**VARIANTS["llama"], canon_kernel=3)
+    keys = set(canon.state_dict()) - set(plain.state_dict())
+    assert keys == {f"blocks.{i}.canon_{w}.taps.{t}" for i in range(2) for w in ("attn", "mlp")
+                    for t in range(3)}  # fmt: skip
+    canon.load_state_dict(plain.state_dict(), strict=False)
+    idx = torch.randint(0, 50, (2, 12))
+    torch.testing.assert_close(canon(idx), plain(idx))  # zero taps: the same model
+
+    conv = CanonConv(4, kernel=3)
+    with torch.no_grad():
+        for tap, value in zip(conv.taps, (1.0, 10.0, 100.0)):
+            tap.fill_(value)
+    h = torch.arange(1.0, 6.0)[None, :, None].expand(1, 5, 4)  # positions hold 1..5
+    # Position t: h_t + 1*h_t + 10*h_{t-1} + 100*h_{t-2}, with nothing before the start.
+    assert conv(h)[0, :, 0].tolist() == [2.0, 14.0, 126.0, 238.0, 350.0]
+    docs = torch.tensor([[0, 0, 0, 1, 1]])  # a second document starts at position 3
+    assert conv(h, doc_ids=docs)[0, :, 0].tolist() == [2.0, 14.0, 126.0, 8.0, 50.0]
+    with pytest.raises(ValueError, match="canon_kernel must be >= 0"):
+        GPTConfig(vocab_size=10, canon_kernel=-1)
 
 
 def test_gated_mlp_keeps_the_parameter_count():

@@ -126,6 +126,7 @@ def test_schedule_config_errors_say_what_was_given(fields, message):
         ({"muon_momentum": 1.0}, r"muon_momentum must be in \[0, 1\), got 1.0"),
         ({"ns_steps": 0}, r"ns_steps must be >= 1, got 0; 5 is the usual"),
         ({"name": "sgd", "momentum": 0.0}, r"nesterov needs optim.momentum > 0 for sgd"),
+        ({"embed_lr": -0.1}, r"optim.embed_lr must be >= 0 \(0 = optim.lr\), got -0.1"),
     ],
 )
 def test_optim_config_errors_say_what_was_given(fields, message):
@@ -229,6 +230,34 @@ def test_muon_gets_hidden_matrices_and_adamw_the_rest(tied):
     assert decays == {True: 0.0, False: 0.1}  # Muon's own decay (0 by default), AdamW's 0.1
 
 
+@pytest.mark.parametrize("name", ["adamw", "muon", "sgd"])
+def test_embeddings_and_head_take_their_own_lr_and_canon_taps_are_not_decayed(name):
+    model = GPT(
+        GPTConfig(
+            vocab_size=40, n_layers=2, n_heads=2, d_model=16, max_seq_len=8, bias=False,
+            pos_emb="rope", tie_embeddings=False, canon_kernel=3,
+        )
+    )  # fmt: skip
+    cfg = OptimConfig(name=name, lr=1e-3, embed_lr=0.1, head_lr=5e-3, muon_lr=0.02)
+    opt = build_optimizer(model, cfg, "cpu")
+    lr_of = {n: g["initial_lr"] for g in opt.param_groups for n in names_of(model, g["params"])}
+    decay_of = {
+        n: g["weight_decay"] for g in opt.param_groups for n in names_of(model, g["params"])
+    }
+    assert len(lr_of) == len(dict(model.named_parameters()))  # every parameter once
+    assert lr_of["tok_emb.weight"] == 0.1 and decay_of["tok_emb.weight"] == 0.1
+    assert lr_of["lm_head.weight"] == 5e-3 and decay_of["lm_head.weight"] == 0.1
+    assert lr_of["blocks.0.attn.q_proj.weight"] == (0.02 if name == "muon" else 1e-3)
+    assert lr_of["blocks.1.canon_mlp.taps.2"] == 1e-3 and decay_of["blocks.1.canon_mlp.taps.2"] == 0
+
+    # Without embed_lr and head_lr, AdamW keeps its two groups (what old checkpoints hold).
+    plain = build_optimizer(model, OptimConfig(name="adamw"), "cpu")
+    assert [g["weight_decay"] for g in plain.param_groups] == [0.1, 0.0]
+    tied = GPT(GPTConfig(vocab_size=40, n_layers=1, n_heads=2, d_model=16, max_seq_len=8))
+    with pytest.raises(ValueError, match="head_lr is set but this model has no LM head of its"):
+        build_optimizer(tied, OptimConfig(name=name, head_lr=1e-3), "cpu")
+
+
 def test_muon_refuses_non_matrices():
     with pytest.raises(ValueError, match=r"2-D matrices only, got parameters of shapes \[\(4,\)\]"):
         MuonWithAdamW([{"params": [torch.nn.Parameter(torch.ones(4))], "use_muon": True}])
@@ -238,17 +267,22 @@ def test_muon_refuses_non_matrices():
 
 def test_adamw_part_matches_torch_adamw():
     torch.manual_seed(0)
-    w0 = torch.randn(8)
-    ours, theirs = torch.nn.Parameter(w0.clone()), torch.nn.Parameter(w0.clone())
+    shapes = [(8,), (3, 5), (4,)]
+    ours = [torch.nn.Parameter(torch.randn(shape)) for shape in shapes]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
     group = {"lr": 1e-2, "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.1}
-    opt_ours = MuonWithAdamW([{"params": [ours], "use_muon": False, **group}])
-    opt_theirs = torch.optim.AdamW([theirs], **group)
-    for _ in range(5):
-        grad = torch.randn(8)
-        ours.grad, theirs.grad = grad.clone(), grad.clone()
+    opt_ours = MuonWithAdamW([{"params": ours, "use_muon": False, **group}])
+    opt_theirs = torch.optim.AdamW(theirs, **group, foreach=False)
+    for step in range(5):
+        for mine, other in zip(ours, theirs):
+            grad = torch.randn(mine.shape)
+            mine.grad, other.grad = grad.clone(), grad.clone()
+        if step == 1:  # a tensor without a gradient skips the step and keeps its own count
+            ours[2].grad = theirs[2].grad = None
         opt_ours.step()
         opt_theirs.step()
-    torch.testing.assert_close(ours.detach(), theirs.detach())
+    for mine, other in zip(ours, theirs):
+        torch.testing.assert_close(mine.detach(), other.detach())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -130,9 +130,11 @@ def test_constant_schedule_after_warmup():
 @pytest.mark.slow
 def test_compiled_training_matches_eager(tmp_path, tiny_tokens):
     steps = {"train.max_steps": 6, "train.log_interval": 3, "train.eval_interval": 6}
-    train(config(tiny_tokens, **steps), tmp_path / "eager", progress=False)
+    eager = train(config(tiny_tokens, **steps), tmp_path / "eager", progress=False)
     compiled = config(tiny_tokens, **steps, **{"train.compile": True})
-    train(compiled, tmp_path / "compiled", progress=False)
+    summary = train(compiled, tmp_path / "compiled", progress=False)
+    # The compilation ran before the clock: it is reported, and not in the training time.
+    assert eager["compile_s"] == 0 and summary["compile_s"] > summary["train_seconds"]
     eager_losses, compiled_losses = losses(tmp_path / "eager"), losses(tmp_path / "compiled")
     assert eager_losses.keys() == compiled_losses.keys() == {3, 6}
     for step in eager_losses:

@@ -66,7 +66,13 @@ def check_mappable(cfg: GPTConfig) -> None:
             f"model.n_kv_heads={cfg.n_kv_heads} differs from model.n_heads={cfg.n_heads}: "
             "GPT-2 has no grouped-query attention; use n_kv_heads = n_heads (or 0) to export"
         )
-    gpt2_choices = {"pos_emb": "learned", "norm": "layernorm", "mlp": "gelu", "qk_norm": False}
+    gpt2_choices = {
+        "pos_emb": "learned",
+        "norm": "layernorm",
+        "mlp": "gelu",
+        "qk_norm": False,
+        "canon_kernel": 0,
+    }
     for field, value in gpt2_choices.items():
         if getattr(cfg, field) != value:
             problems.append(

@@ -76,6 +76,11 @@ def check_mappable(cfg: GPTConfig) -> None:
             "model.qk_norm=True: Llama does not normalise queries and keys; "
             "train with model.qk_norm=false"
         )
+    if cfg.canon_kernel:
+        problems.append(
+            f"model.canon_kernel={cfg.canon_kernel}: Llama has no Canon layers (short "
+            "convolutions); train with model.canon_kernel=0"
+        )
     if problems:
         raise ValueError("this model cannot be exported as Llama: " + "; ".join(problems))
 

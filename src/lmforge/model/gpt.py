@@ -3,7 +3,8 @@
 The defaults are GPT-2 (Radford et al., 2019) as nanoGPT writes it: learned positions,
 pre-norm LayerNorm blocks, GELU MLP, weights tied between the token embedding and the LM
 head, and GPT-2's scaled init. The same config also builds the modern decoder (Llama-style):
-rotary positions, RMSNorm, QK-norm, SwiGLU or squared-ReLU MLPs, grouped-query attention.
+rotary positions, RMSNorm, QK-norm, SwiGLU or squared-ReLU MLPs, grouped-query attention,
+and optionally Canon layers (short causal convolutions before attention and the MLP).
 `PRESETS` names the two ends. Attention goes through `F.scaled_dot_product_attention`, so
 PyTorch picks a flash or memory-efficient kernel where the hardware has one. Checkpoint keys
 are the module names below and are a public API.
@@ -21,6 +22,7 @@ from torch import nn
 from lmforge.model.layers import (
     NORMS,
     Block,
+    CanonConv,
     KVCache,
     document_mask,
     document_positions,
@@ -51,6 +53,9 @@ class GPTConfig:
     mlp: Literal["gelu", "relu", "relu2", "swiglu"] = "gelu"
     init: Literal["gpt2", "xavier", "kaiming"] = "gpt2"
     init_std: float = 0.02
+    # > 0: a Canon layer (a causal depthwise convolution over this many positions, added to its
+    # input) after each block's two norms; 0: none. 3 or 4 is the usual width.
+    canon_kernel: int = 0
 
     def __post_init__(self) -> None:
         if self.n_kv_heads == 0:
@@ -62,6 +67,10 @@ class GPTConfig:
         for name in ("n_layers", "n_heads", "n_kv_heads", "d_model", "d_ff", "max_seq_len"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
+        if self.canon_kernel < 0:
+            raise ValueError(
+                f"model.canon_kernel must be >= 0 (0 = no Canon layers), got {self.canon_kernel}"
+            )
         if self.vocab_size < 0:
             raise ValueError(f"model.vocab_size must be >= 0 (0 = auto), got {self.vocab_size}")
         if self.d_model % self.n_heads:
@@ -144,6 +153,7 @@ class GPT(nn.Module):
                 norm_eps=c.norm_eps,
                 qk_norm=c.qk_norm,
                 activation=c.mlp,
+                canon_kernel=c.canon_kernel,
             )
             for i in range(c.n_layers)
         )
@@ -163,10 +173,11 @@ class GPT(nn.Module):
         | attn.o_proj, mlp.down_proj                  | N(0, init_std/√(2L)) | U, Glorot/√(2L)| N, He/√(2L)      |
         | Linear biases                               | 0                    | 0              | 0                |
         | norm gains / biases (incl. q_norm, k_norm)  | 1 / 0                | 1 / 0          | 1 / 0            |
+        | canon_attn, canon_mlp taps                  | 0                    | 0              | 0                |
 
         L is n_layers. The residual projections are scaled down in every scheme because each
         block adds two of them to the residual stream, whose variance would otherwise grow
-        with depth (GPT-2, section 2.3).
+        with depth (GPT-2, section 2.3). Canon layers start at zero, as the identity.
         """  # noqa: E501
         c = self.config
         resid_scale = 1.0 / math.sqrt(2 * c.n_layers)
@@ -193,6 +204,9 @@ class GPT(nn.Module):
                 nn.init.ones_(module.weight)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
+            elif isinstance(module, CanonConv):
+                for tap in module.taps:
+                    nn.init.zeros_(tap)
 
     def forward(
         self,
@@ -252,7 +266,7 @@ class GPT(nn.Module):
                 rope = (self.rope_cos[pos][:, None], self.rope_sin[pos][:, None])  # (B,1,T,D/2)
         x = self.drop(x)
         for block in self.blocks:
-            x = block(x, cache, rope, mask)
+            x = block(x, cache, rope, mask, doc_ids)
         if cache is not None:
             cache.pos += T
         return self.norm_f(x)
@@ -268,6 +282,7 @@ class GPT(nn.Module):
             c.head_dim,
             device=p.device,
             dtype=p.dtype,
+            canon=(c.canon_kernel, c.d_model) if c.canon_kernel else None,
         )
 
     def num_params(self, *, non_embedding: bool = True) -> int:

@@ -28,6 +28,7 @@ _GROUPS = (
     (".self_attn.", "attention"),
     (".cross_attn.", "attention"),
     (".mlp.", "mlp"),
+    (".canon_", "canon"),
     (".ff.", "mlp"),
     ("rnn.", "recurrent"),
     ("norm", "norms"),

@@ -8,7 +8,8 @@ import/export map from. Variants are picked by name from small tables (`NORMS`,
 
 Papers: RMSNorm (Zhang & Sennrich, 2019), rotary position embeddings (Su et al., 2021,
 "RoFormer"), sinusoidal positions (Vaswani et al., 2017), GLU variants / SwiGLU (Shazeer,
-2020), squared ReLU (So et al., 2021, "Primer"), QK-norm (Dehghani et al., 2023; as in OLMo 2).
+2020), squared ReLU (So et al., 2021, "Primer"), QK-norm (Dehghani et al., 2023; as in OLMo 2),
+Canon layers (Allen-Zhu, 2025, "Physics of Language Models: Part 4.1").
 """
 
 from __future__ import annotations
@@ -96,6 +97,9 @@ class KVCache:
     k: torch.Tensor
     v: torch.Tensor
     pos: int = 0
+    # Canon layers' inputs at the last kernel - 1 positions: (n_layers, 2, B, kernel - 1, C),
+    # [:, 0] before attention and [:, 1] before the MLP. None for a model without them.
+    conv: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         # Per-layer views made once: indexing the stacked tensors on every call costs more
@@ -113,11 +117,18 @@ class KVCache:
         *,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
+        canon: tuple[int, int] | None = None,
     ) -> KVCache:
+        """`canon` is (kernel, d_model) for a model with Canon layers: their state is kept too."""
         shape = (n_layers, batch_size, n_kv_heads, max_len, head_dim)
+        conv = None
+        if canon is not None:
+            kernel, dim = canon
+            conv = torch.zeros(n_layers, 2, batch_size, kernel - 1, dim, device=device, dtype=dtype)
         return cls(
             torch.zeros(shape, device=device, dtype=dtype),
             torch.zeros(shape, device=device, dtype=dtype),
+            conv=conv,
         )
 
     @property
@@ -158,6 +169,50 @@ def document_mask(doc_ids: torch.Tensor) -> torch.Tensor:
     causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()  # (T, T)
     same = doc_ids[:, :, None] == doc_ids[:, None, :]  # (B, T, T)
     return (same & causal)[:, None]  # (B, 1, T, T)
+
+
+class CanonConv(nn.Module):
+    """A Canon layer: h plus a causal depthwise convolution of h over its last `kernel`
+    positions, with one weight per channel and tap (Allen-Zhu, 2025).
+
+    It hands every position a learned mix of the few tokens just before it, which attention
+    otherwise has to learn to find; small models learn that slowly (on character-level text
+    it is the largest gain in docs/recipes.md). The taps start at zero, so a new layer is the
+    identity. Each tap is a 1-D vector, so optimizers treat the taps as they treat norm gains
+    (AdamW, never weight decay or Muon).
+    """
+
+    def __init__(self, dim: int, kernel: int) -> None:
+        super().__init__()
+        self.taps = nn.ParameterList(nn.Parameter(torch.zeros(dim)) for _ in range(kernel))
+
+    def forward(
+        self,
+        h: torch.Tensor,
+        past: torch.Tensor | None = None,
+        doc_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """h (B, T, C) -> (B, T, C). `past` (B, kernel - 1, C) holds the inputs just before h
+        (decoding with a cache); without it the sequence starts at h. With `doc_ids` (B, T),
+        no position mixes in a token of another packed document.
+
+        With `past`, it is overwritten with the inputs of the last kernel - 1 positions.
+        """
+        kernel, T = len(self.taps), h.shape[1]
+        if past is None:
+            padded = F.pad(h, (0, 0, kernel - 1, 0))  # (B, kernel - 1 + T, C)
+        else:
+            padded = torch.cat([past, h], dim=1)
+            past.copy_(padded[:, T:])
+        docs = None if doc_ids is None else F.pad(doc_ids, (kernel - 1, 0), value=-1)
+        out = h
+        for shift, tap in enumerate(self.taps):
+            start = kernel - 1 - shift
+            shifted = padded[:, start : start + T]  # each position's input `shift` back
+            if docs is not None:
+                shifted = shifted * (docs[:, start : start + T] == doc_ids)[..., None]
+            out = out + tap * shifted
+        return out
 
 
 class CausalSelfAttention(nn.Module):
@@ -304,7 +359,11 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """A pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """A pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)).
+
+    With `canon_kernel`, a Canon layer follows each of the two norms (the paper's positions A
+    and C); its decoding state lives in the KV cache beside the keys and values.
+    """
 
     def __init__(
         self,
@@ -320,9 +379,12 @@ class Block(nn.Module):
         norm_eps: float = 1e-5,
         qk_norm: bool = False,
         activation: str = "gelu",
+        canon_kernel: int = 0,
     ) -> None:
         super().__init__()
+        self.layer_idx = layer_idx
         self.norm_attn = NORMS[norm](d_model, bias=bias, eps=norm_eps)
+        self.canon_attn = CanonConv(d_model, canon_kernel) if canon_kernel else None
         self.attn = CausalSelfAttention(
             d_model,
             n_heads,
@@ -333,6 +395,7 @@ class Block(nn.Module):
             qk_norm=norm if qk_norm else None,
         )
         self.norm_mlp = NORMS[norm](d_model, bias=bias, eps=norm_eps)
+        self.canon_mlp = CanonConv(d_model, canon_kernel) if canon_kernel else None
         self.mlp = MLP(d_model, d_ff, bias=bias, dropout=dropout, activation=activation)
 
     def forward(
@@ -341,6 +404,25 @@ class Block(nn.Module):
         cache: KVCache | None = None,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         attn_mask: torch.Tensor | None = None,
+        doc_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.norm_attn(x), cache, rope, attn_mask)
-        return x + self.mlp(self.norm_mlp(x))
+        """`doc_ids` (B, T) marks packed documents for the Canon layers (`attn_mask` does
+        it for attention); see `GPT.hidden_states`."""
+        h = self.norm_attn(x)
+        if self.canon_attn is not None:
+            h = self.canon_attn(h, self._canon_state(cache, 0), doc_ids)
+        x = x + self.attn(h, cache, rope, attn_mask)
+        h = self.norm_mlp(x)
+        if self.canon_mlp is not None:
+            h = self.canon_mlp(h, self._canon_state(cache, 1), doc_ids)
+        return x + self.mlp(h)
+
+    def _canon_state(self, cache: KVCache | None, which: int) -> torch.Tensor | None:
+        """The cache's Canon state for this layer (None without a cache). A cache at position
+        0 starts a new sequence, so its state is cleared first."""
+        if cache is None:
+            return None
+        state = cache.conv[self.layer_idx, which]  # (B, kernel - 1, C), a view
+        if cache.pos == 0:
+            state.zero_()
+        return state

@@ -49,6 +49,11 @@ _INPUT_OUTPUT_MODULES = ("tok_emb", "pos_emb", "lm_head")
 class OptimConfig:
     name: OptimName = "adamw"
     lr: float = 1e-3  # peak LR of AdamW or SGD; with muon, of the AdamW groups
+    # Peak LRs of the token embeddings and of an untied LM head; 0: `lr`. An embedding row
+    # moves only when its token occurs, so it can take a far larger LR than the rest (the
+    # speedruns give it ~10x); the head sees every token and wants a smaller one.
+    embed_lr: float = 0.0
+    head_lr: float = 0.0
     weight_decay: float = 0.1  # AdamW/SGD decay, on matrices only
     betas: tuple[float, float] = (0.9, 0.95)  # AdamW's
     eps: float = 1e-8  # AdamW's
@@ -68,6 +73,12 @@ class OptimConfig:
             if getattr(self, field_name) <= 0:
                 raise ValueError(
                     f"optim.{field_name} must be positive, got {getattr(self, field_name)}"
+                )
+        for field_name in ("embed_lr", "head_lr"):
+            if getattr(self, field_name) < 0:
+                raise ValueError(
+                    f"optim.{field_name} must be >= 0 (0 = optim.lr), got "
+                    f"{getattr(self, field_name)}"
                 )
         for field_name in ("weight_decay", "muon_weight_decay"):
             if getattr(self, field_name) < 0:
@@ -96,15 +107,8 @@ class OptimConfig:
             )
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: parameters with >= 2 dims are decayed, the rest are not."""
-    params = [p for p in model.parameters() if p.requires_grad]  # shared (tied) ones once
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+def _trainable(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]  # shared (tied) ones once
 
 
 def split_hidden_matrices(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -236,8 +240,46 @@ class MuonWithAdamW(torch.optim.Optimizer):
             p.addcdiv_(exp_avg, denom, value=-lr / bias1)
 
 
-def _with_lr(groups: list[dict], lr: float) -> list[dict]:
-    return [dict(group, lr=lr, initial_lr=lr) for group in groups]
+def lr_groups(model: nn.Module, params: list[nn.Parameter], cfg: OptimConfig) -> list[dict]:
+    """AdamW's (or SGD's) param groups for `params`, each with its peak LR and decay.
+
+    Matrices are decayed by `cfg.weight_decay` and vectors (biases, gains, Canon taps) are not:
+    decaying them pulls norms toward zero and buys no regularisation. Where `cfg.embed_lr` or
+    `cfg.head_lr` is set, the token embeddings (modules named `tok_emb`) or the LM head
+    (`lm_head`) get groups of their own at that LR; a head tied to the embedding is the
+    embedding. Groups come in a fixed order and empty ones are left out, so with neither set
+    there are two (matrices, vectors), as checkpoints expect.
+    """
+    roles: dict[int, str] = {}
+    for name, module in model.named_modules():
+        role = {"tok_emb": "embed", "lm_head": "head"}.get(name.rsplit(".", 1)[-1])
+        if role is not None:
+            for p in module.parameters():
+                roles.setdefault(id(p), role)  # the tied head was met as the embedding first
+    peak = {"other": cfg.lr, "embed": cfg.embed_lr, "head": cfg.head_lr}
+    missing = {
+        "embed": "embed_lr is set but this model has no token embedding (tok_emb)",
+        "head": "head_lr is set but this model has no LM head of its own (lm_head); set "
+        "model.tie_embeddings = false to give the head its own LR",
+    }
+    for role, problem in missing.items():
+        if peak[role] and not any(roles.get(id(p)) == role and p.dim() >= 2 for p in params):
+            raise ValueError(f"optim.{problem}")
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
+    for p in params:
+        role = roles.get(id(p), "other")
+        groups.setdefault((role if peak[role] else "other", p.dim() >= 2), []).append(p)
+    order = [(role, decay) for role in ("other", "embed", "head") for decay in (True, False)]
+    return [
+        {
+            "params": groups[key],
+            "weight_decay": cfg.weight_decay if key[1] else 0.0,
+            "lr": peak[key[0]],
+            "initial_lr": peak[key[0]],
+        }
+        for key in order
+        if key in groups
+    ]
 
 
 def _build_adamw(model: nn.Module, cfg: OptimConfig, device_type: str) -> torch.optim.Optimizer:
@@ -248,7 +290,7 @@ def _build_adamw(model: nn.Module, cfg: OptimConfig, device_type: str) -> torch.
         "cpu",
     ):
         extra["fused"] = True
-    groups = _with_lr(param_groups(model, cfg.weight_decay), cfg.lr)
+    groups = lr_groups(model, _trainable(model), cfg)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, **extra)
 
 
@@ -256,19 +298,15 @@ def _build_muon(model: nn.Module, cfg: OptimConfig, device_type: str) -> torch.o
     hidden, rest = split_hidden_matrices(model)
     muon = {"lr": cfg.muon_lr, "initial_lr": cfg.muon_lr, "use_muon": True}
     muon |= {"momentum": cfg.muon_momentum, "nesterov": cfg.nesterov, "ns_steps": cfg.ns_steps}
-    adamw = {"lr": cfg.lr, "initial_lr": cfg.lr, "use_muon": False}
-    adamw |= {"betas": cfg.betas, "eps": cfg.eps}
-    groups = [
-        {"params": hidden, "weight_decay": cfg.muon_weight_decay, **muon},
-        # Embeddings and an untied head are matrices: decayed, as under plain AdamW.
-        {"params": [p for p in rest if p.dim() >= 2], "weight_decay": cfg.weight_decay, **adamw},
-        {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0, **adamw},
-    ]
+    adamw = {"use_muon": False, "betas": cfg.betas, "eps": cfg.eps}
+    # Embeddings and an untied head are matrices: decayed, as under plain AdamW.
+    groups = [{"params": hidden, "weight_decay": cfg.muon_weight_decay, **muon}]
+    groups += [{**group, **adamw} for group in lr_groups(model, rest, cfg)]
     return MuonWithAdamW([g for g in groups if g["params"]])
 
 
 def _build_sgd(model: nn.Module, cfg: OptimConfig, device_type: str) -> torch.optim.Optimizer:
-    groups = _with_lr(param_groups(model, cfg.weight_decay), cfg.lr)
+    groups = lr_groups(model, _trainable(model), cfg)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
 
 
