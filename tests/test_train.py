@@ -42,8 +42,14 @@ def test_same_seed_same_losses(tmp_path, tiny_tokens):
 
 @pytest.mark.parametrize(
     "variant",
-    [{"model.dropout": 0.0}, {"model.dropout": 0.1}, {"optim.name": "muon"}],
-    ids=["no-dropout", "dropout", "muon"],
+    [
+        {"model.dropout": 0.0},
+        {"model.dropout": 0.1},
+        {"optim.name": "muon"},
+        # The compile warm-up runs again on resume: it must not move the dropout generator.
+        pytest.param({"model.dropout": 0.1, "train.compile": True}, marks=pytest.mark.slow),
+    ],
+    ids=["no-dropout", "dropout", "muon", "compiled-dropout"],
 )
 def test_resume_continues_exactly(tmp_path, tiny_tokens, variant):
     overrides = {
@@ -181,6 +187,13 @@ def test_resume_survives_a_torn_metrics_line_and_refuses_another_model(tmp_path,
     longer = config(tiny_tokens, **{"train.max_steps": 6, "train.log_interval": 1})
     train(longer, run, resume=True, progress=False)
     assert sorted(losses(run)) == [1, 2, 3, 4, 5, 6]
+    # A checkpoint from before a model field existed was trained at that field's default.
+    for path in run.rglob("config.json"):
+        saved = json.loads(path.read_text())
+        del saved["model"]["canon_kernel"]
+        path.write_text(json.dumps(saved))
+    train(config(tiny_tokens, **{"train.max_steps": 7}), run, resume=True, progress=False)
+    assert sorted(losses(run)) == [1, 2, 3, 4, 5, 6, 7]
     wider = config(tiny_tokens, **{"train.max_steps": 8, "model.d_model": 64})
     with pytest.raises(ConfigError, match="other model settings.*d_model"):
         train(wider, run, resume=True, progress=False)

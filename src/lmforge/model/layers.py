@@ -422,6 +422,10 @@ class Block(nn.Module):
         0 starts a new sequence, so its state is cleared first."""
         if cache is None:
             return None
+        if cache.conv is None:
+            raise ValueError(
+                "this KV cache holds no Canon-layer state; build it with the model's new_cache()"
+            )
         state = cache.conv[self.layer_idx, which]  # (B, kernel - 1, C), a view
         if cache.pos == 0:
             state.zero_()

@@ -110,6 +110,12 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict, meta: dict)
             state.setdefault(int(idx), {})[name] = value
     for idx, values in meta.get("scalars", {}).items():
         state.setdefault(int(idx), {}).update(values)
+    if len(meta["param_groups"]) != len(optimizer.param_groups):
+        raise CheckpointError(
+            f"the checkpoint's optimizer has {len(meta['param_groups'])} parameter groups and "
+            f"this run's has {len(optimizer.param_groups)}: optim.name, optim.embed_lr or "
+            "optim.head_lr differs from the run's; resume with the settings it started with"
+        )
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 

@@ -259,8 +259,9 @@ def lr_groups(model: nn.Module, params: list[nn.Parameter], cfg: OptimConfig) ->
     peak = {"other": cfg.lr, "embed": cfg.embed_lr, "head": cfg.head_lr}
     missing = {
         "embed": "embed_lr is set but this model has no token embedding (tok_emb)",
-        "head": "head_lr is set but this model has no LM head of its own (lm_head); set "
-        "model.tie_embeddings = false to give the head its own LR",
+        "head": "head_lr is set but this model has no LM head of its own (lm_head); untie it "
+        "from the embedding (model.tie_embeddings = false, or model.share_embeddings = false "
+        "for seq2seq) to give it its own LR",
     }
     for role, problem in missing.items():
         if peak[role] and not any(roles.get(id(p)) == role and p.dim() >= 2 for p in params):
