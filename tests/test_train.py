@@ -74,8 +74,15 @@ def test_resume_continues_exactly(tmp_path, tiny_tokens, variant):
     (cut / "checkpoints" / "index.json").write_text(json.dumps(index))
 
     train(cfg, cut, resume=True, progress=False)
-    assert losses(cut) == losses(full)  # steps 1-6 kept, 7-12 recomputed: bit-identical
-    assert losses(cut, "val_loss") == losses(full, "val_loss")
+    # Steps 1-6 kept, 7-12 recomputed: bit-identical eager. Inductor's kernels compiled cold
+    # and loaded from its cache can round differently in the last bits, so a compiled run is
+    # held to 1e-6 (a shifted dropout stream moves the loss by ~1e-3).
+    expected, expected_val = losses(full), losses(full, "val_loss")
+    if "train.compile" in variant:
+        expected = pytest.approx(expected, rel=1e-6)
+        expected_val = pytest.approx(expected_val, rel=1e-6)
+    assert losses(cut) == expected
+    assert losses(cut, "val_loss") == expected_val
 
 
 def test_existing_run_is_not_overwritten(tiny_run, tiny_tokens):
