@@ -28,8 +28,8 @@ memorises them; so each BPE comparison also runs the fast recipe with `model.dro
 With `--repeats N` the character-level comparison (baseline, then fast and fast_eager in the
 baseline's time) runs N times, repeat i with `train.seed` 1337 + i, so each budget is the
 baseline's time measured just before it; `summary` gives the mean, minimum and maximum of each
-and how many fast runs reached the goal (1.52). One run says little: a second seed moves the
-fast recipe's loss by about 0.01, and this kind of machine's speed by up to 25%.
+and how many fast runs reached the goal (1.52). One run says little: another seed moves the
+fast recipe's loss by up to 0.03, and this kind of machine's speed changes by up to 30%.
 
 A variants file is a JSON object of name -> recipe overrides (`{"untied":
 {"model.tie_embeddings": false}}`); each variant is the fast recipe with those overrides,
