@@ -117,12 +117,13 @@ def tiny_run(tmp_path_factory, tiny_tokens) -> Path:
 
 
 def perturb(model, seed: int = 0) -> None:
-    """Move every 1-D parameter (biases, norm gains) off its init, so parity tests compare
-    weights that a mapping could not get right by leaving zeros and ones in place."""
+    """Move every 1-D parameter (biases, norm gains) and every all-zero matrix (attention
+    gates) off its init, so parity tests compare weights that a mapping could not get right
+    by leaving zeros and ones in place."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
-            if p.dim() == 1:
+            if p.dim() == 1 or (p.dim() == 2 and not p.any()):
                 p.add_(0.1 * torch.randn(p.shape, generator=gen))

@@ -625,6 +625,11 @@ def test_gguf_loads_in_transformers_with_our_logits(case, dtype, bpe, tmp_path):
             ["model.canon_kernel=3: Llama has no Canon layers", "train with model.canon_kernel=0",
              "model.canon_kernel=3: GPT-2 has canon_kernel=0"],
         ),
+        (
+            dict(LLAMA, attn_gate="head"),
+            ["model.attn_gate='head': Llama has no gate", "train with model.attn_gate='none'",
+             "model.attn_gate='head': GPT-2 has attn_gate='none'"],
+        ),
         (dict(pos_emb="sinusoidal"), ["model.pos_emb='sinusoidal'"]),
     ],
 )  # fmt: skip

@@ -60,6 +60,9 @@ VARIANTS = {
     "kaiming": dict(init="kaiming"),
     "canon": dict(pos_emb="rope", norm="rmsnorm", qk_norm=True, mlp="swiglu", bias=False,
                   canon_kernel=3),
+    "gate-head": dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", n_kv_heads=2,
+                      attn_gate="head"),
+    "gate-element": dict(attn_gate="element"),
 }  # fmt: skip
 
 
@@ -125,6 +128,36 @@ def test_canon_layers_start_as_the_identity_and_mix_only_past_positions():
     assert conv(h, doc_ids=docs)[0, :, 0].tolist() == [2.0, 14.0, 126.0, 8.0, 50.0]
     with pytest.raises(ValueError, match="canon_kernel must be >= 0"):
         GPTConfig(vocab_size=10, canon_kernel=-1)
+
+
+@pytest.mark.parametrize("kind", ["head", "element"])
+def test_attention_gate_starts_half_open_and_can_close_a_head(kind):
+    plain, gated = tiny(**VARIANTS["llama"]), tiny(**VARIANTS["llama"], attn_gate=kind)
+    keys = set(gated.state_dict()) - set(plain.state_dict())
+    assert keys == {"blocks.0.attn.gate.weight", "blocks.1.attn.gate.weight"}
+    assert gated.blocks[0].attn.gate.weight.shape == ((4 if kind == "head" else 32), 32)
+    gated.load_state_dict(plain.state_dict(), strict=False)
+    idx = torch.randint(0, 50, (2, 12))
+    with torch.no_grad():
+        for block in gated.blocks:
+            assert not block.attn.gate.weight.any()  # zero init: every gate at sigmoid(0)
+            block.attn.o_proj.weight.mul_(2.0)  # ... = 0.5, which doubling o_proj undoes
+    torch.testing.assert_close(gated(idx), plain(idx))
+
+    # A gate shut hard (a large negative pre-activation for every input) silences its head:
+    # the block then matches one whose o_proj ignores that head's channels.
+    attn = gated.blocks[0].attn
+    with torch.no_grad():
+        attn.gate.weight.zero_()
+        rows = slice(0, 1) if kind == "head" else slice(0, 8)  # head 0 (8 channels wide)
+        attn.gate.weight[rows] = -1e4
+    x = torch.randn(1, 6, 32).abs()  # positive inputs, so the pre-activation is very negative
+    rope = (gated.rope_cos[:6], gated.rope_sin[:6])
+    out = attn(x, rope=rope)
+    with torch.no_grad():
+        attn.gate.weight.zero_()
+        attn.o_proj.weight[:, :8] = 0.0  # head 0 dropped by hand, the rest at gate 0.5
+    torch.testing.assert_close(out, attn(x, rope=rope))
 
 
 def test_gated_mlp_keeps_the_parameter_count():

@@ -72,6 +72,7 @@ def check_mappable(cfg: GPTConfig) -> None:
         "mlp": "gelu",
         "qk_norm": False,
         "canon_kernel": 0,
+        "attn_gate": "none",
     }
     for field, value in gpt2_choices.items():
         if getattr(cfg, field) != value:

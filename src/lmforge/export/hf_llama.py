@@ -81,6 +81,11 @@ def check_mappable(cfg: GPTConfig) -> None:
             f"model.canon_kernel={cfg.canon_kernel}: Llama has no Canon layers (short "
             "convolutions); train with model.canon_kernel=0"
         )
+    if cfg.attn_gate != "none":
+        problems.append(
+            f"model.attn_gate={cfg.attn_gate!r}: Llama has no gate on its attention output; "
+            "train with model.attn_gate='none'"
+        )
     if problems:
         raise ValueError("this model cannot be exported as Llama: " + "; ".join(problems))
 

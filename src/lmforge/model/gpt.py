@@ -4,7 +4,8 @@ The defaults are GPT-2 (Radford et al., 2019) as nanoGPT writes it: learned posi
 pre-norm LayerNorm blocks, GELU MLP, weights tied between the token embedding and the LM
 head, and GPT-2's scaled init. The same config also builds the modern decoder (Llama-style):
 rotary positions, RMSNorm, QK-norm, SwiGLU or squared-ReLU MLPs, grouped-query attention,
-and optionally Canon layers (short causal convolutions before attention and the MLP).
+and optionally Canon layers (short causal convolutions before attention and the MLP) and
+gated attention (a sigmoid gate on each head's output).
 `PRESETS` names the two ends. Attention goes through `F.scaled_dot_product_attention`, so
 PyTorch picks a flash or memory-efficient kernel where the hardware has one. Checkpoint keys
 are the module names below and are a public API.
@@ -56,6 +57,9 @@ class GPTConfig:
     # > 0: a Canon layer (a causal depthwise convolution over this many positions, added to its
     # input) after each block's two norms; 0: none. 3 or 4 is the usual width.
     canon_kernel: int = 0
+    # A sigmoid gate on each attention head's output, computed from the block's input (Qiu et
+    # al. 2025): "head" (one scalar per head) or "element" (one per channel); "none": no gate.
+    attn_gate: Literal["none", "head", "element"] = "none"
 
     def __post_init__(self) -> None:
         if self.n_kv_heads == 0:
@@ -154,6 +158,7 @@ class GPT(nn.Module):
                 qk_norm=c.qk_norm,
                 activation=c.mlp,
                 canon_kernel=c.canon_kernel,
+                attn_gate=c.attn_gate,
             )
             for i in range(c.n_layers)
         )
@@ -171,13 +176,15 @@ class GPT(nn.Module):
         | tok_emb, pos_emb, lm_head (when untied)     | N(0, init_std)       | N(0, init_std) | N(0, init_std)   |
         | attn.{q,k,v}_proj, mlp.{up,gate}_proj       | N(0, init_std)       | U, Glorot      | N, He (fan_in)   |
         | attn.o_proj, mlp.down_proj                  | N(0, init_std/√(2L)) | U, Glorot/√(2L)| N, He/√(2L)      |
+        | attn.gate (`attn_gate`)                     | 0                    | 0              | 0                |
         | Linear biases                               | 0                    | 0              | 0                |
         | norm gains / biases (incl. q_norm, k_norm)  | 1 / 0                | 1 / 0          | 1 / 0            |
         | canon_attn, canon_mlp taps                  | 0                    | 0              | 0                |
 
         L is n_layers. The residual projections are scaled down in every scheme because each
         block adds two of them to the residual stream, whose variance would otherwise grow
-        with depth (GPT-2, section 2.3). Canon layers start at zero, as the identity.
+        with depth (GPT-2, section 2.3). Canon layers start at zero, as the identity, and the
+        attention gates at zero, which opens every gate halfway (sigmoid(0) = 0.5).
         """  # noqa: E501
         c = self.config
         resid_scale = 1.0 / math.sqrt(2 * c.n_layers)
@@ -192,6 +199,8 @@ class GPT(nn.Module):
                     continue  # the tied LM head is the embedding, initialised below
                 if name == "lm_head":
                     nn.init.normal_(module.weight, mean=0.0, std=c.init_std)
+                elif name.endswith("attn.gate"):
+                    nn.init.zeros_(module.weight)
                 else:
                     matrix_init(module.weight)
                     if name.endswith(("o_proj", "down_proj")):

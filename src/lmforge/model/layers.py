@@ -232,6 +232,7 @@ class CausalSelfAttention(nn.Module):
         dropout: float,
         layer_idx: int,
         qk_norm: str | None = None,
+        gate: str = "none",
     ) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
@@ -247,6 +248,11 @@ class CausalSelfAttention(nn.Module):
         # which lets training run at higher learning rates without blowing up.
         self.q_norm = NORMS[qk_norm](self.head_dim, bias=False) if qk_norm else None
         self.k_norm = NORMS[qk_norm](self.head_dim, bias=False) if qk_norm else None
+        # Gated attention (Qiu et al. 2025): a sigmoid of this block's input scales each head's
+        # output ("head") or each of its channels ("element"), so a head can go quiet for a
+        # token instead of parking its attention on some position; see docs/recipes.md.
+        gate_width = {"none": 0, "head": n_heads, "element": n_heads * self.head_dim}[gate]
+        self.gate = nn.Linear(d_model, gate_width, bias=False) if gate_width else None
         self._fused_qkv: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
     def fuse_qkv(self) -> None:
@@ -316,6 +322,9 @@ class CausalSelfAttention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=is_causal,
         )  # (B, H, T, D)
+        if self.gate is not None:
+            g = torch.sigmoid(self.gate(x))  # (B, T, H) or (B, T, H * D)
+            y = y * g.view(B, T, H, -1).transpose(1, 2)  # (B, H, T, 1 or D)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, C)
         return self.resid_dropout(self.o_proj(y))
 
@@ -380,6 +389,7 @@ class Block(nn.Module):
         qk_norm: bool = False,
         activation: str = "gelu",
         canon_kernel: int = 0,
+        attn_gate: str = "none",
     ) -> None:
         super().__init__()
         self.layer_idx = layer_idx
@@ -393,6 +403,7 @@ class Block(nn.Module):
             dropout=dropout,
             layer_idx=layer_idx,
             qk_norm=norm if qk_norm else None,
+            gate=attn_gate,
         )
         self.norm_mlp = NORMS[norm](d_model, bias=bias, eps=norm_eps)
         self.canon_mlp = CanonConv(d_model, canon_kernel) if canon_kernel else None
