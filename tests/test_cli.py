@@ -162,14 +162,15 @@ def test_model_info_command(capsys):
     assert code == 2 and "--vocab-size" in err
 
 
-def test_fast_recipe_loads_with_its_canon_layers(capsys):
+def test_fast_recipe_loads_with_its_canon_layers_and_attention_gates(capsys):
     code, out, _ = run_cli(
         capsys, "model", "info", "--recipe", RECIPES / "shakespeare-char-fast.toml",
         "--vocab-size", "65", "--json",
     )  # fmt: skip
     groups = json.loads(out)["params"]["by_group"]
     assert code == 0 and groups["canon"] == 4 * 2 * 3 * 128  # 4 blocks, 2 layers, 3 taps
-    assert groups["attention"] == 4 * (2 * 128 * 128 + 2 * 128 * 64)  # q, o; k, v of 2 heads
+    # q, o; k, v of 2 heads; a gate of 4 heads
+    assert groups["attention"] == 4 * (2 * 128 * 128 + 2 * 128 * 64 + 4 * 128)
 
 
 def test_resume_from_the_command_line_reuses_the_runs_config(tmp_path, tiny_tokens, capsys):
