@@ -167,8 +167,10 @@ def test_fast_recipe_loads_with_its_canon_layers_and_attention_gates(capsys):
         capsys, "model", "info", "--recipe", RECIPES / "shakespeare-char-fast.toml",
         "--vocab-size", "65", "--json",
     )  # fmt: skip
-    groups = json.loads(out)["params"]["by_group"]
+    info = json.loads(out)
+    groups = info["params"]["by_group"]
     assert code == 0 and groups["canon"] == 4 * 2 * 3 * 128  # 4 blocks, 2 layers, 3 taps
+    assert info["seq_len"] == 128  # a step trains on 128-token windows (train.seq_len)
     # q, o; k, v of 2 heads; a gate of 4 heads
     assert groups["attention"] == 4 * (2 * 128 * 128 + 2 * 128 * 64 + 4 * 128)
 

@@ -630,6 +630,11 @@ def test_gguf_loads_in_transformers_with_our_logits(case, dtype, bpe, tmp_path):
             ["model.attn_gate='head': Llama has no gate", "train with model.attn_gate='none'",
              "model.attn_gate='head': GPT-2 has attn_gate='none'"],
         ),
+        (
+            dict(LLAMA, attn_window=16),
+            ["model.attn_window=16: Llama attends to every earlier token",
+             "train with model.attn_window=0", "model.attn_window=16: GPT-2 has attn_window=0"],
+        ),
         (dict(pos_emb="sinusoidal"), ["model.pos_emb='sinusoidal'"]),
     ],
 )  # fmt: skip

@@ -63,6 +63,9 @@ VARIANTS = {
     "gate-head": dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", n_kv_heads=2,
                       attn_gate="head"),
     "gate-element": dict(attn_gate="element"),
+    # Sequences of 20 and a prefill of 7 overrun the window: the cached path must mask too.
+    "window": dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", n_kv_heads=2, canon_kernel=3,
+                   attn_window=5),
 }  # fmt: skip
 
 
@@ -158,6 +161,25 @@ def test_attention_gate_starts_half_open_and_can_close_a_head(kind):
         attn.gate.weight.zero_()
         attn.o_proj.weight[:, :8] = 0.0  # head 0 dropped by hand, the rest at gate 0.5
     torch.testing.assert_close(out, attn(x, rope=rope))
+
+
+def test_sliding_window_attention_sees_exactly_its_window():
+    idx = torch.randint(0, 50, (2, 16))
+    # A window as long as the input is plain causal attention (the same weights: no new ones).
+    torch.testing.assert_close(tiny(pos_emb="rope", attn_window=16)(idx), tiny(pos_emb="rope")(idx))
+    # One layer, rotary positions: position t sees t-5..t, so its logits are those of the last
+    # position of the 6 tokens ending at t, read alone.
+    model = tiny(pos_emb="rope", n_layers=1, attn_window=6)
+    full = model(idx)
+    for t in (5, 9, 15):
+        torch.testing.assert_close(full[:, t], model(idx[:, t - 5 : t + 1])[:, -1])
+    changed = idx.clone()
+    changed[:, 9] = (idx[:, 9] + 1) % 50
+    out = model(changed)
+    torch.testing.assert_close(out[:, 15], full[:, 15])  # 9 is outside 15's window
+    assert not torch.allclose(out[:, 14], full[:, 14])  # ... and inside 14's
+    with pytest.raises(ValueError, match="attn_window must be >= 0"):
+        tiny(attn_window=-1)
 
 
 def test_gated_mlp_keeps_the_parameter_count():

@@ -207,6 +207,46 @@ def test_resume_survives_a_torn_metrics_line_and_refuses_another_model(tmp_path,
     assert json.loads((run / "config.json").read_text())["model"]["d_model"] == 32  # untouched
 
 
+def test_short_training_windows_and_a_sliding_window_validate_on_long_ones(
+    tmp_path, tiny_tokens, monkeypatch
+):
+    from lmforge.model.gpt import GPT
+
+    lengths, forward = [], GPT.forward
+
+    def recording_forward(self, idx, *args, **kwargs):
+        lengths.append(idx.shape[1])
+        return forward(self, idx, *args, **kwargs)
+
+    monkeypatch.setattr(GPT, "forward", recording_forward)
+    window = {"model.pos_emb": "rope", "model.attn_window": 16, "train.max_steps": 30}
+    summary = train(config(tiny_tokens, **window, **{"train.seq_len": 16}), tmp_path / "r",
+                    progress=False)  # fmt: skip
+    # Training reads 16-token windows; validation (at steps 20 and 30) windows of
+    # model.max_seq_len, and the split's last few tokens as one shorter window.
+    assert summary["steps"] == 30 and lengths.count(16) == 30
+    assert lengths.count(64) > 2 and max(lengths) == 64
+    train_losses = losses(tmp_path / "r")
+    assert train_losses[30] < train_losses[10]
+    assert summary["final_val_loss"] < train_losses[10]
+
+    # Positions or distances the training windows never showed are refused, not extrapolated.
+    for bad, problem in [
+        ({"model.pos_emb": "rope"}, "attn_window=0"),
+        ({**window, "model.pos_emb": "learned"}, "pos_emb='learned'"),
+        ({**window, "model.attn_window": 32}, "attn_window=32"),
+    ]:
+        with pytest.raises(ConfigError, match=f"train.seq_len=16 is shorter.*{problem}"):
+            train(config(tiny_tokens, **bad, **{"train.seq_len": 16}), tmp_path / "x",
+                  progress=False)  # fmt: skip
+    with pytest.raises(ConfigError, match="train.seq_len=65 is longer than model.max_seq_len=64"):
+        train(config(tiny_tokens, **{"train.seq_len": 65}), tmp_path / "y", progress=False)
+    with pytest.raises(ConfigError, match="train.seq_len is for the gpt family"):
+        train(config(tiny_tokens, **{"model.family": "bert", "train.seq_len": 16}),
+              tmp_path / "z", progress=False)  # fmt: skip
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
 def test_bad_intervals_are_refused():
     with pytest.raises(ConfigError, match="log_interval must be positive"):
         load_run_config(None, {"train.log_interval": 0})

@@ -93,6 +93,7 @@ def cmd_model_info(a: argparse.Namespace) -> int:
     from rich.table import Table
 
     from lmforge.model.info import model_info
+    from lmforge.train.objectives import training_seq_len
     from lmforge.train.trainer import load_run_config
 
     cfg = load_run_config(a.recipe, parse_overrides(a.extra))
@@ -104,7 +105,7 @@ def cmd_model_info(a: argparse.Namespace) -> int:
             "the recipe takes model.vocab_size from the tokenizer; pass --vocab-size N"
         )
     batch = (a.batch_size or cfg.train.batch_size) * cfg.train.grad_accum_steps
-    info = model_info(model_cfg, batch_size=batch)
+    info = model_info(model_cfg, batch_size=batch, seq_len=training_seq_len(cfg))
     if a.json:
         _print_json(info)
         return 0

@@ -73,6 +73,7 @@ def check_mappable(cfg: GPTConfig) -> None:
         "qk_norm": False,
         "canon_kernel": 0,
         "attn_gate": "none",
+        "attn_window": 0,
     }
     for field, value in gpt2_choices.items():
         if getattr(cfg, field) != value:

@@ -86,6 +86,11 @@ def check_mappable(cfg: GPTConfig) -> None:
             f"model.attn_gate={cfg.attn_gate!r}: Llama has no gate on its attention output; "
             "train with model.attn_gate='none'"
         )
+    if cfg.attn_window:
+        problems.append(
+            f"model.attn_window={cfg.attn_window}: Llama attends to every earlier token (no "
+            "sliding window); train with model.attn_window=0"
+        )
     if problems:
         raise ValueError("this model cannot be exported as Llama: " + "; ".join(problems))
 

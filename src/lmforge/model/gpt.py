@@ -4,8 +4,8 @@ The defaults are GPT-2 (Radford et al., 2019) as nanoGPT writes it: learned posi
 pre-norm LayerNorm blocks, GELU MLP, weights tied between the token embedding and the LM
 head, and GPT-2's scaled init. The same config also builds the modern decoder (Llama-style):
 rotary positions, RMSNorm, QK-norm, SwiGLU or squared-ReLU MLPs, grouped-query attention,
-and optionally Canon layers (short causal convolutions before attention and the MLP) and
-gated attention (a sigmoid gate on each head's output).
+and optionally Canon layers (short causal convolutions before attention and the MLP),
+gated attention (a sigmoid gate on each head's output) and sliding-window attention.
 `PRESETS` names the two ends. Attention goes through `F.scaled_dot_product_attention`, so
 PyTorch picks a flash or memory-efficient kernel where the hardware has one. Checkpoint keys
 are the module names below and are a public API.
@@ -60,6 +60,11 @@ class GPTConfig:
     # A sigmoid gate on each attention head's output, computed from the block's input (Qiu et
     # al. 2025): "head" (one scalar per head) or "element" (one per channel); "none": no gate.
     attn_gate: Literal["none", "head", "element"] = "none"
+    # > 0: sliding-window attention (as in Mistral, and Gemma's local layers): each token
+    # attends to itself and the attn_window - 1 tokens before it, so with rotary positions the
+    # model reads sequences of any length up to max_seq_len at a fixed attention span, even
+    # when it trained on shorter ones (train.seq_len); 0: every earlier token.
+    attn_window: int = 0
 
     def __post_init__(self) -> None:
         if self.n_kv_heads == 0:
@@ -71,6 +76,10 @@ class GPTConfig:
         for name in ("n_layers", "n_heads", "n_kv_heads", "d_model", "d_ff", "max_seq_len"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
+        if self.attn_window < 0:
+            raise ValueError(
+                f"model.attn_window must be >= 0 (0 = every earlier token), got {self.attn_window}"
+            )
         if self.canon_kernel < 0:
             raise ValueError(
                 f"model.canon_kernel must be >= 0 (0 = no Canon layers), got {self.canon_kernel}"
@@ -159,6 +168,7 @@ class GPT(nn.Module):
                 activation=c.mlp,
                 canon_kernel=c.canon_kernel,
                 attn_gate=c.attn_gate,
+                attn_window=c.attn_window,
             )
             for i in range(c.n_layers)
         )
@@ -312,4 +322,6 @@ class GPT(nn.Module):
         """Training FLOPs per token (forward + backward), as in the PaLM paper's appendix B."""
         c = self.config
         t = seq_len or c.max_seq_len
+        if c.attn_window:
+            t = min(t, c.attn_window)  # a query reads at most attn_window keys
         return 6 * self.num_params() + 12 * c.n_layers * c.d_model * t

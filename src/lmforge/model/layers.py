@@ -171,6 +171,14 @@ def document_mask(doc_ids: torch.Tensor) -> torch.Tensor:
     return (same & causal)[:, None]  # (B, 1, T, T)
 
 
+def window_mask(q_len: int, k_len: int, window: int, device: torch.device) -> torch.Tensor:
+    """Sliding-window causal mask (q_len, k_len), True where a query may attend: the last
+    q_len queries of k_len positions each see their own key and the `window` - 1 before it."""
+    q_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]
+    k_pos = torch.arange(k_len, device=device)[None, :]
+    return (k_pos <= q_pos) & (q_pos - k_pos < window)
+
+
 class CanonConv(nn.Module):
     """A Canon layer: h plus a causal depthwise convolution of h over its last `kernel`
     positions, with one weight per channel and tap (Allen-Zhu, 2025).
@@ -233,9 +241,11 @@ class CausalSelfAttention(nn.Module):
         layer_idx: int,
         qk_norm: str | None = None,
         gate: str = "none",
+        window: int = 0,
     ) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
+        self.window = window  # > 0: sliding-window attention over this many positions
         self.head_dim = d_model // n_heads
         self.layer_idx = layer_idx
         self.dropout = dropout
@@ -282,7 +292,9 @@ class CausalSelfAttention(nn.Module):
     ) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C); `rope` holds cos/sin (T, D/2) for these T positions, or
         (B, 1, T, D/2) per row. `attn_mask` (B, 1, T, T), True = may attend, replaces the
-        causal mask (packed rows, see `document_mask`); it cannot be combined with a cache."""
+        causal mask (packed rows, see `document_mask`); it cannot be combined with a cache.
+        With `window`, a query further than `window` positions from the start also loses the
+        keys before its window (`window_mask`); shorter inputs take the plain causal path."""
         B, T, _ = x.shape
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
         if self._fused_qkv is not None and not self.training:
@@ -314,6 +326,9 @@ class CausalSelfAttention(nn.Module):
             # their own position: the causal mask shifted right by `past`.
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
             is_causal = False
+        if self.window and past + T > self.window:
+            band = window_mask(T, past + T, self.window, x.device)  # also causal
+            mask, is_causal = band if mask is None else mask & band, False
         y = F.scaled_dot_product_attention(
             q,
             k,
@@ -390,6 +405,7 @@ class Block(nn.Module):
         activation: str = "gelu",
         canon_kernel: int = 0,
         attn_gate: str = "none",
+        attn_window: int = 0,
     ) -> None:
         super().__init__()
         self.layer_idx = layer_idx
@@ -404,6 +420,7 @@ class Block(nn.Module):
             layer_idx=layer_idx,
             qk_norm=norm if qk_norm else None,
             gate=attn_gate,
+            window=attn_window,
         )
         self.norm_mlp = NORMS[norm](d_model, bias=bias, eps=norm_eps)
         self.canon_mlp = CanonConv(d_model, canon_kernel) if canon_kernel else None

@@ -3,8 +3,9 @@
 The trainer is one loop for every family (`lmforge.train.trainer`); the three things that
 differ live here, one small class per family:
 
-- `gpt`: random windows of the token shards; next-token cross-entropy; eval gives loss,
-  perplexity and bits per byte.
+- `gpt`: random windows of the token shards (`train.seq_len` tokens, or the model's
+  max_seq_len); next-token cross-entropy; eval gives loss, perplexity and bits per byte over
+  windows of max_seq_len.
 - `rnn`: contiguous streams (truncated BPTT), the hidden state carried from batch to batch;
   the same loss and eval, the state also carried through the val split.
 - `bert`: random windows with `[CLS]` first, masked afresh each time they are drawn;
@@ -37,6 +38,37 @@ from lmforge.train import distributed as D
 from lmforge.train.metrics import evaluate_loss
 
 
+def training_seq_len(cfg: Any) -> int:
+    """Tokens per training window: `train.seq_len`, or the model's max_seq_len when it is 0.
+
+    Validation always reads windows of max_seq_len, so training on shorter windows is allowed
+    only where the positions past them need nothing new: rotary positions with a sliding
+    attention window no wider than the training windows (the relative distances a query sees
+    are then the ones it trained on).
+    """
+    m, seq_len = cfg.model, cfg.train.seq_len
+    if not seq_len:
+        return m.max_seq_len
+    if m.family != "gpt":
+        raise ConfigError(
+            f"train.seq_len is for the gpt family; model.family={m.family!r} trains on windows "
+            "of model.max_seq_len (set train.seq_len = 0)"
+        )
+    if seq_len > m.max_seq_len:
+        raise ConfigError(
+            f"train.seq_len={seq_len} is longer than model.max_seq_len={m.max_seq_len}; raise "
+            "max_seq_len or shorten the training windows"
+        )
+    if seq_len < m.max_seq_len and (m.pos_emb != "rope" or not 0 < m.attn_window <= seq_len):
+        raise ConfigError(
+            f"train.seq_len={seq_len} is shorter than model.max_seq_len={m.max_seq_len}, which "
+            f"validation reads, so the model would meet positions it never trained on; that "
+            f"needs model.pos_emb = 'rope' and 0 < model.attn_window <= {seq_len} (now "
+            f"pos_emb={m.pos_emb!r}, attn_window={m.attn_window})"
+        )
+    return seq_len
+
+
 class LMObjective:
     """Next-token prediction on random windows (the GPT family)."""
 
@@ -49,10 +81,9 @@ class LMObjective:
         train: bool = True,
     ) -> None:
         self.cfg, self.device, self.tokenizer = cfg, device, tokenizer
-        seq_len = cfg.model.max_seq_len
         if train:
-            self.train_data = TokenWindows(tokens_dir, cfg.data.train_split, seq_len)
-        self.val_data = TokenWindows(tokens_dir, cfg.data.val_split, seq_len)
+            self.train_data = TokenWindows(tokens_dir, cfg.data.train_split, training_seq_len(cfg))
+        self.val_data = TokenWindows(tokens_dir, cfg.data.val_split, cfg.model.max_seq_len)
         self.token_bytes = torch.as_tensor(tokenizer.token_bytes, dtype=torch.long, device=device)
 
     def batch(self, index: int, shard: tuple[int, int]) -> tuple[torch.Tensor, ...]:

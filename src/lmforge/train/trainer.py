@@ -31,7 +31,7 @@ from lmforge.tokenizer.tokenizer import load_tokenizer
 from lmforge.train import checkpoint as ckpt
 from lmforge.train import distributed as D
 from lmforge.train.metrics import MetricsLog, plot_losses
-from lmforge.train.objectives import build_objective
+from lmforge.train.objectives import build_objective, training_seq_len
 from lmforge.train.optim import OptimConfig, build_optimizer
 from lmforge.train.schedule import ScheduleConfig, lr_factor
 
@@ -54,6 +54,10 @@ class TrainConfig:
     # LR schedule to end there, re-estimating the number of steps from the speed so far.
     max_time_s: float = 0.0
     batch_size: int = 32  # sequences per micro-batch
+    # Tokens per training window; 0 = model.max_seq_len. Shorter windows make cheaper steps
+    # while validation still reads max_seq_len: for a decoder with rotary positions and
+    # model.attn_window <= seq_len, which then reads long text at the span it trained on.
+    seq_len: int = 0
     grad_accum_steps: int = 1  # micro-batches per optimizer step
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
     eval_interval: int = 250  # steps between val-loss evaluations (and at the end)
@@ -91,6 +95,10 @@ class TrainConfig:
             )
         if self.max_time_s < 0:
             raise ValueError(f"train.max_time_s must be >= 0 (0 = no limit), got {self.max_time_s}")
+        if self.seq_len < 0:
+            raise ValueError(
+                f"train.seq_len must be >= 0 (0 = model.max_seq_len), got {self.seq_len}"
+            )
 
 
 @dataclass(kw_only=True)
@@ -330,6 +338,7 @@ def _train(
     if resume and not existing:
         raise ConfigError(f"--resume: {run_dir} has no checkpoint to resume from")
     check_distributed(cfg, world)
+    seq_len = training_seq_len(cfg)  # refuses windows the model cannot train on, early
     D.barrier(world)  # no rank creates files before every rank has read the index
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -349,7 +358,6 @@ def _train(
     tokenizer = load_tokenizer(run_dir / "tokenizer")
     cfg = replace(cfg, model=fit_model_to_data(cfg.model, meta, tokenizer))
     objective = build_objective(cfg, tokens_dir, tokenizer, device)
-    seq_len = cfg.model.max_seq_len
 
     torch.manual_seed(tc.seed)  # the same initial weights on every rank
     model = build_model(cfg.model).to(device)
