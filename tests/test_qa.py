@@ -396,7 +396,10 @@ def test_bad_bytes_negative_offsets_and_answers_no_token_covers_are_errors(tmp_p
     path = write_squad(tmp_path / "latin1.json", [ok], context="Paris is in France.")
     text = path.read_text().replace('"context"', '\n"context"')  # the context on line 2
     path.write_bytes(text.encode().replace(b"Paris", b"Par\xeds"))  # Latin-1's i-acute
-    with pytest.raises(DataError, match=r"latin1\.json:2: not valid UTF-8"):
+    column = path.read_bytes().split(b"\n")[1].index(b"\xed") + 1
+    with pytest.raises(
+        DataError, match=rf"latin1\.json:2: not valid UTF-8 \(.*byte 0xed at byte {column} of"
+    ):
         squad.read_squad(path)
     # A zero-width space is dropped by the normalizer: no token covers such an answer, in the
     # middle of the context or at its end.

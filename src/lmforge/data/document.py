@@ -17,6 +17,13 @@ class DataError(ValueError):
     """Input data that cannot be used as given; the message names the file and the fix."""
 
 
+def utf8_problem(data: bytes, e: UnicodeDecodeError) -> str:
+    """What `e`, raised decoding `data`, found, for an error message: the reason, the bad byte
+    and its place on its line (the caller names the file and the line)."""
+    column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+    return f"not valid UTF-8 ({e.reason}: byte {data[e.start]:#04x} at byte {column} of the line)"
+
+
 @dataclass
 class Document:
     """A text with where it came from.

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from lmforge.config import ConfigError, load_toml, to_dict
-from lmforge.data.document import DataError
+from lmforge.data.document import DataError, utf8_problem
 from lmforge.data.pairs import PairBatches, PairsConfig, prepare_pairs
 from lmforge.eval.metrics import score_generations
 from lmforge.finetune.base import resolve_base
@@ -161,10 +161,7 @@ def _utf8(data: bytes) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(
-            f"not valid UTF-8 ({e.reason}: byte {data[e.start]:#04x} at byte {e.start + 1} of "
-            "the line)"
-        ) from None
+        raise DataError(utf8_problem(data, e)) from None
 
 
 def read_seq2seq_jsonl(

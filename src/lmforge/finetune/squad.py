@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from lmforge.data.document import DataError
+from lmforge.data.document import DataError, utf8_problem
 from lmforge.eval.metrics import exact_match, normalize_answer, token_f1
 from lmforge.tokenizer.tokenizer import Tokenizer
 
@@ -92,8 +92,7 @@ def read_squad(path: str | Path) -> list[Question]:
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         raise DataError(
-            f"{path}:{line}: not valid UTF-8 ({e.reason}: byte {data[e.start]:#04x}); "
-            "convert the file to UTF-8"
+            f"{path}:{line}: {utf8_problem(data, e)}; convert the file to UTF-8"
         ) from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
