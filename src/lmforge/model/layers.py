@@ -321,13 +321,11 @@ class CausalSelfAttention(nn.Module):
             if cache is not None:
                 raise ValueError("attn_mask (packed documents) cannot be used with a KV cache")
             mask, is_causal = attn_mask, False
-        elif past and T > 1:
-            # Queries at positions past..past+T-1 see every cached key and the new keys up to
-            # their own position: the causal mask shifted right by `past`.
-            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            is_causal = False
-        if self.window and past + T > self.window:
-            band = window_mask(T, past + T, self.window, x.device)  # also causal
+        windowed = bool(self.window) and past + T > self.window
+        if (past and T > 1) or windowed:
+            # Queries at positions past..past+T-1 see the keys up to their own position (the
+            # causal mask shifted right by `past`), and with a window only its last `window`.
+            band = window_mask(T, past + T, self.window if windowed else past + T, x.device)
             mask, is_causal = band if mask is None else mask & band, False
         y = F.scaled_dot_product_attention(
             q,
